@@ -1,0 +1,79 @@
+"""Evaluation: greedy codes of the query and database splits, retrieval metrics, reports on disk.
+
+`eval_<step>.json` in the workdir holds `metrics.full_report` (mAP@all under stable and tie-aware
+ordering for the trained length and each shorter prefix in `hash.eval_bits`, mAP@k, precision within
+Hamming radius 2, P@k and the precision-recall curve) plus the step, objective and split sizes. PNG plots
+and a retrieval grid go to `<workdir>/eval_<step>/`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import logging
+import jax
+import numpy as np
+
+from drlih_jax import metrics
+from drlih_jax import reports
+
+PRECISION_KS = (100, 500, 1000)
+MAP_TOP_K = (1000,)
+
+
+def eval_lengths(config) -> list[int]:
+  """The trained length and its evaluated prefixes, ascending, each <= hash.bits."""
+  lengths = sorted({int(b) for b in config.hash.eval_bits} | {int(config.hash.bits)})
+  bad = [b for b in lengths if b < 1 or b > config.hash.bits]
+  if bad:
+    raise ValueError(f"hash.eval_bits {bad} must lie in 1..hash.bits={config.hash.bits}")
+  return lengths
+
+
+def encode_images(encode_fn, images: np.ndarray, batch_size: int, sharding=None) -> np.ndarray:
+  """Greedy codes of uint8 images in fixed-size batches (the last one padded): [n, K] uint8."""
+  n = len(images)
+  codes = []
+  for start in range(0, n, batch_size):
+    chunk = images[start:start + batch_size]
+    real = len(chunk)
+    if real < batch_size:
+      chunk = np.concatenate([chunk, np.zeros((batch_size - real, *chunk.shape[1:]), chunk.dtype)])
+    if sharding is not None:
+      chunk = jax.device_put(chunk, sharding)
+    codes.append(np.asarray(jax.device_get(encode_fn(chunk)))[:real])
+  return np.concatenate(codes) if codes else np.zeros((0, 0), np.uint8)
+
+
+def evaluate_codes(query_codes, db_codes, query_labels, db_labels, config) -> dict:
+  """The full metrics report of one pair of code sets (JSON-serialisable)."""
+  return metrics.full_report(query_codes, db_codes, query_labels, db_labels,
+                             prefix_lengths=eval_lengths(config), ks=PRECISION_KS, top_k=MAP_TOP_K)
+
+
+def run_evaluation(encode_fn, data, config, *, batch_size: int, sharding=None):
+  """Encodes query and database, returns (report, query_codes, db_codes)."""
+  query_codes = encode_images(encode_fn, data.query.images, batch_size, sharding)
+  db_codes = encode_images(encode_fn, data.database.images, batch_size, sharding)
+  report = evaluate_codes(query_codes, db_codes, data.query.labels, data.database.labels, config)
+  return report, query_codes, db_codes
+
+
+def write_report(workdir: str, step: int, report: dict, config, data=None, query_codes=None,
+                 db_codes=None, plots: bool = True) -> str:
+  """Writes eval_<step>.json (and the plots) into the workdir; returns the JSON path."""
+  payload = dict(report, step=int(step), objective=config.objective, bits=int(config.hash.bits),
+                 dataset=config.dataset.name)
+  path = os.path.join(workdir, f"eval_{step}.json")
+  with open(path, "w") as f:
+    json.dump(payload, f, indent=1, sort_keys=True)
+  if plots and data is not None:
+    plot_dir = os.path.join(workdir, f"eval_{step}")
+    os.makedirs(plot_dir, exist_ok=True)
+    reports.write_plots(report, plot_dir)
+    reports.retrieval_grid(data.query.images, query_codes, data.query.labels, data.database.images,
+                           db_codes, data.database.labels, os.path.join(plot_dir, "retrieval_grid.png"))
+  logging.info("Wrote %s: mAP@all %s", path,
+               ", ".join(f"{k} bits {v:.4f}" for k, v in sorted(report["map"].items(), key=lambda kv: int(kv[0]))))
+  return path

@@ -1,0 +1,132 @@
+"""Device-resident input pipeline: the training split lives on the accelerator as uint8.
+
+Each training step draws a class-balanced batch (`input.classes_per_batch` classes, then
+`input.images_per_class` distinct images of each), gathers it from the resident array, augments it
+(pad-and-crop and horizontal flip when `input.augment = "crop_flip"`) and normalises it, all inside the
+jitted step: no host work per step. Multi-label data is balanced over labels: an image is a member of
+every class it carries, and only labelled images are drawn.
+"""
+
+from __future__ import annotations
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from drlih_jax.data import types
+
+
+@flax.struct.dataclass
+class DeviceData:
+  """A training split resident on the device.
+
+  Attributes:
+    images: uint8 [n, H, W, C].
+    labels: int32 [n] or uint8 [n, C].
+    class_members: int32 [C, max_members], positions of each class's members, padded with 0.
+    class_sizes: int32 [C], the number of real entries of each row of `class_members`.
+  """
+
+  images: jax.Array
+  labels: jax.Array
+  class_members: jax.Array
+  class_sizes: jax.Array
+
+
+def class_membership(labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+  """Per-class member positions, padded to a rectangle: ([C, max], [C])."""
+  if labels.ndim == 1:
+    members = [np.flatnonzero(labels == c) for c in range(num_classes)]
+  else:
+    members = [np.flatnonzero(labels[:, c] > 0) for c in range(num_classes)]
+  sizes = np.array([len(m) for m in members], np.int32)
+  table = np.zeros((num_classes, max(1, sizes.max())), np.int32)
+  for c, m in enumerate(members):
+    table[c, :len(m)] = m
+  return table, sizes
+
+
+def check_batch_config(sizes: np.ndarray, input_config) -> None:
+  """Raises a ValueError naming the config keys when class-balanced batches cannot be drawn."""
+  classes_per_batch = input_config.classes_per_batch
+  per_class = input_config.images_per_class
+  if classes_per_batch < 2:
+    raise ValueError(f"input.classes_per_batch={classes_per_batch}: need at least 2 classes per batch "
+                     "so that every anchor has negatives")
+  if per_class < 2:
+    raise ValueError(f"input.images_per_class={per_class}: need at least 2 so that every anchor has a positive")
+  usable = int(np.sum(sizes >= per_class))
+  if usable < classes_per_batch:
+    raise ValueError(
+        f"the batch is not divisible into class-balanced groups: input.classes_per_batch={classes_per_batch} "
+        f"groups of input.images_per_class={per_class} need {classes_per_batch} classes with at least "
+        f"{per_class} training images, but only {usable} of {len(sizes)} classes have that many "
+        f"(class sizes: {sizes.tolist()})")
+
+
+def to_device(split: types.Split, num_classes: int, input_config, sharding=None) -> DeviceData:
+  """Puts a training split on the device (replicated over `sharding` when given)."""
+  table, sizes = class_membership(split.labels, num_classes)
+  check_batch_config(sizes, input_config)
+  data = DeviceData(images=np.asarray(split.images, np.uint8), labels=np.asarray(split.labels),
+                    class_members=table, class_sizes=sizes)
+  if sharding is None:
+    return jax.tree.map(jnp.asarray, data)
+  return jax.device_put(data, sharding)
+
+
+def sample_positions(rng: jax.Array, data: DeviceData, classes_per_batch: int,
+                     images_per_class: int) -> jax.Array:
+  """Class-balanced draw: distinct classes (with enough members), then distinct members of each."""
+  class_key, member_key = jax.random.split(rng)
+  num_classes, width = data.class_members.shape
+  eligible = data.class_sizes >= images_per_class
+  class_scores = jnp.where(eligible, jax.random.uniform(class_key, (num_classes,)), 2.0)
+  classes = jnp.argsort(class_scores)[:classes_per_batch]
+  member_scores = jax.random.uniform(member_key, (classes_per_batch, width))
+  valid = jnp.arange(width)[None, :] < data.class_sizes[classes][:, None]
+  member_scores = jnp.where(valid, member_scores, 2.0)
+  picks = jnp.argsort(member_scores, axis=1)[:, :images_per_class]
+  return jnp.take_along_axis(data.class_members[classes], picks, axis=1).reshape(-1)
+
+
+def normalize(images: jax.Array, mean, std) -> jax.Array:
+  """uint8 -> float32 (x / 255 - mean) / std, per channel."""
+  x = images.astype(jnp.float32) / 255.0
+  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def crop_flip(rng: jax.Array, images: jax.Array, padding: int) -> jax.Array:
+  """Per-image random crop of the zero-padded image back to its size, and a random horizontal flip."""
+  b, h, w, c = images.shape
+  crop_key, flip_key = jax.random.split(rng)
+  padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  offsets = jax.random.randint(crop_key, (b, 2), 0, 2 * padding + 1)
+  crop = lambda img, off: jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, c))
+  cropped = jax.vmap(crop)(padded, offsets)
+  flips = jax.random.bernoulli(flip_key, 0.5, (b,))
+  return jnp.where(flips[:, None, None, None], cropped[:, :, ::-1, :], cropped)
+
+
+def sample_batch(rng: jax.Array, data: DeviceData, input_config, dataset_config) -> dict[str, jax.Array]:
+  """One class-balanced, augmented, normalised training batch, drawn on the device.
+
+  Returns:
+    {"image": float32 [B, H, W, C], "label": [B] or [B, C], "index": int32 [B] positions in the split}.
+  """
+  position_key, augment_key = jax.random.split(rng)
+  positions = sample_positions(position_key, data, input_config.classes_per_batch,
+                               input_config.images_per_class)
+  images = data.images[positions]
+  if input_config.augment == "crop_flip":
+    images = crop_flip(augment_key, images, input_config.crop_padding)
+  elif input_config.augment:
+    raise ValueError(f"input.augment must be '' or 'crop_flip', got {input_config.augment!r}")
+  return {"image": normalize(images, dataset_config.mean, dataset_config.std),
+          "label": data.labels[positions], "index": positions}
+
+
+def batch_size(input_config) -> int:
+  """Global batch size B = classes_per_batch * images_per_class."""
+  return input_config.classes_per_batch * input_config.images_per_class

@@ -1,0 +1,39 @@
+"""The full hashing network: a backbone that encodes each image once, and the agent that emits its bits."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from drlih_jax.models import agent as agent_lib
+
+
+class HashingModel(nn.Module):
+  """Backbone f_theta followed by the RNN agent, run for R rollouts of every image.
+
+  Attributes:
+    backbone: a module mapping float NHWC images (and `train`) to [B, D] features.
+    agent: the `HashAgent`.
+  """
+
+  backbone: nn.Module
+  agent: agent_lib.HashAgent
+
+  def __call__(self, images, noise, train: bool = False):
+    """Encodes a batch and runs the agent once per rollout.
+
+    Args:
+      images: [B, H, W, C] float, normalised.
+      noise: [R, T, B, g] uniform noise per rollout (0.5 for a greedy rollout).
+      train: batch-norm/dropout mode of the backbone.
+
+    Returns:
+      actions, logits: [R, B, K].
+    """
+    features = self.backbone(images, train=train)
+    num_rollouts, steps, batch, group = noise.shape
+    tiled = jnp.tile(features, (num_rollouts, 1))  # Rollout-major: row r * B + i.
+    flat_noise = jnp.transpose(noise, (1, 0, 2, 3)).reshape(steps, num_rollouts * batch, group)
+    actions, logits = self.agent(tiled, flat_noise)
+    bits = actions.shape[-1]
+    return actions.reshape(num_rollouts, batch, bits), logits.reshape(num_rollouts, batch, bits)

@@ -1,0 +1,35 @@
+"""Optimisers and learning-rate schedules from the `optim` config block."""
+
+from __future__ import annotations
+
+import optax
+
+
+def learning_rate_schedule(optim_config, total_steps: int) -> optax.Schedule:
+  """AdamW: linear warmup then cosine decay to 0 over `total_steps`; SGD: step decay (the paper's)."""
+  if optim_config.name == "adamw":
+    warmup = min(optim_config.warmup_steps, max(total_steps - 1, 0))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=optim_config.learning_rate, warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1), end_value=0.0)
+  if optim_config.name == "sgd":
+    return optax.exponential_decay(optim_config.learning_rate, transition_steps=optim_config.decay_every,
+                                   decay_rate=optim_config.decay_factor, staircase=True)
+  raise ValueError(f"optim.name must be 'adamw' or 'sgd', got {optim_config.name!r}")
+
+
+def create_optimizer(optim_config, total_steps: int) -> optax.GradientTransformation:
+  """The optimiser, with optional global-norm clipping.
+
+  SGD follows torch's convention (weight decay added to the gradient before momentum), as the released
+  code's `torch.optim.SGD(momentum=0.9, weight_decay=5e-4)`.
+  """
+  schedule = learning_rate_schedule(optim_config, total_steps)
+  if optim_config.name == "adamw":
+    opt = optax.adamw(schedule, weight_decay=optim_config.weight_decay)
+  else:
+    opt = optax.chain(optax.add_decayed_weights(optim_config.weight_decay),
+                      optax.sgd(schedule, momentum=optim_config.momentum))
+  if optim_config.grad_clip > 0:
+    opt = optax.chain(optax.clip_by_global_norm(optim_config.grad_clip), opt)
+  return opt

@@ -1,0 +1,131 @@
+"""The jitted functions of a run: one training update, and greedy encoding.
+
+`train_step(state, batch, rng) -> (state, metrics)` is pure; the model, optimiser and config are bound
+with `functools.partial` before jitting. A non-finite loss or gradient leaves the state unchanged
+(parameters, optimiser state and batch statistics) except for the step counter, and reports
+`nonfinite = 1` so the loop can count and stop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from drlih_jax import input_pipeline
+from drlih_jax import losses
+from drlih_jax import rl
+from drlih_jax import triplets as triplets_lib
+
+OBJECTIVES = ("drlih", "triplet")
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a checkpoint holds: the step, parameters, batch statistics and optimiser state."""
+
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+def _variables(params, batch_stats):
+  return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
+def create_train_state(rng, model, tx, image_shape, config) -> TrainState:
+  """Initialises parameters (and batch statistics) from one dummy batch."""
+  steps = config.hash.bits // config.hash.group
+  images = jnp.zeros((2, *image_shape), jnp.float32)
+  noise = jnp.full((1, steps, 2, config.hash.group), 0.5, jnp.float32)
+  variables = model.init({"params": rng, "dropout": rng}, images, noise, train=False)
+  params = variables["params"]
+  batch_stats = variables.get("batch_stats", {})
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params))
+
+
+def rollout_noise(rng, config, batch: int) -> jax.Array:
+  """[R, T, B, g] noise: M uniform rollouts then one greedy (0.5) rollout for "drlih"; greedy only else."""
+  steps, group = config.hash.bits // config.hash.group, config.hash.group
+  greedy = jnp.full((1, steps, batch, group), 0.5, jnp.float32)
+  if config.objective == "triplet":
+    return greedy
+  sampled = jax.random.uniform(rng, (config.rl.rollouts, steps, batch, group), jnp.float32)
+  return jnp.concatenate([sampled, greedy], axis=0)
+
+
+def train_step(state: TrainState, batch, rng, *, model, tx, config):
+  """One policy-gradient (or triplet-only) update on an encoded batch.
+
+  Args:
+    state: the TrainState.
+    batch: {"image": float [B, H, W, C] normalised, "label": [B] or [B, C]}.
+    rng: this step's key.
+    model, tx, config: bound before jitting.
+
+  Returns:
+    (new state, metrics dict of scalars).
+  """
+  noise_key, triplet_key, dropout_key = jax.random.split(rng, 3)
+  labels = batch["label"]
+  b = labels.shape[0]
+  pos_mask, neg_mask = triplets_lib.relevance_masks(labels)
+  triplets = triplets_lib.sample_triplets(triplet_key, pos_mask, neg_mask, config.rl.triplets_per_anchor)
+  noise = rollout_noise(noise_key, config, b)
+
+  def loss_fn(params):
+    variables = _variables(params, state.batch_stats)
+    (actions, logits), updates = model.apply(variables, batch["image"], noise, train=True,
+                                             mutable=["batch_stats"], rngs={"dropout": dropout_key})
+    greedy_probs = jax.nn.sigmoid(logits[-1])
+    triplet_loss = losses.triplet_margin_loss(greedy_probs, *triplets, margin=config.rl.triplet_margin)
+    loss = config.rl.beta * triplet_loss
+    metrics = {"triplet_loss": triplet_loss,
+               "bit_balance": jnp.mean(jnp.abs(jnp.mean(actions[-1], axis=0) - 0.5))}
+    if config.objective == "drlih":
+      sampled_actions, sampled_logits = actions[:-1], logits[:-1]
+      pg_loss, pg_metrics = losses.policy_gradient_loss(
+          sampled_actions, sampled_logits, pos_mask=pos_mask, neg_mask=neg_mask, triplets=triplets,
+          rl_config=config.rl, group=config.hash.group)
+      entropy = jnp.mean(rl.bernoulli_entropy(sampled_logits))
+      loss = loss + pg_loss - config.rl.eta * entropy
+      metrics.update(pg_metrics, pg_loss=pg_loss, entropy=entropy)
+    metrics["loss"] = loss
+    return loss, (metrics, updates.get("batch_stats", {}))
+
+  (loss, (metrics, new_batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+  new_params = optax.apply_updates(state.params, updates)
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  new_state = TrainState(step=state.step + 1, params=keep(new_params, state.params),
+                         batch_stats=keep(new_batch_stats, state.batch_stats),
+                         opt_state=keep(new_opt_state, state.opt_state))
+  metrics.update(grad_norm=grad_norm, nonfinite=(~finite).astype(jnp.float32))
+  return new_state, metrics
+
+
+def device_resident_train_step(state: TrainState, data: input_pipeline.DeviceData, rng, *, model, tx,
+                               config, batch_sharding=None):
+  """Draws the batch on the device from the resident split, then runs `train_step`."""
+  batch_key, step_key = jax.random.split(rng)
+  batch = input_pipeline.sample_batch(batch_key, data, config.input, config.dataset)
+  batch = {"image": batch["image"], "label": batch["label"]}
+  if batch_sharding is not None:
+    batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+  return train_step(state, batch, step_key, model=model, tx=tx, config=config)
+
+
+def encode(params, batch_stats, images_uint8, *, model, config) -> jax.Array:
+  """Greedy codes of uint8 images: [B, K] uint8 in {0, 1}."""
+  images = input_pipeline.normalize(images_uint8, config.dataset.mean, config.dataset.std)
+  steps, group = config.hash.bits // config.hash.group, config.hash.group
+  noise = jnp.full((1, steps, images.shape[0], group), 0.5, jnp.float32)
+  actions, _ = model.apply(_variables(params, batch_stats), images, noise, train=False)
+  return actions[0].astype(jnp.uint8)
