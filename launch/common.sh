@@ -1,0 +1,212 @@
+# shellcheck shell=bash
+# The globals below are read by the scripts that source this file.
+# shellcheck disable=SC2034
+# Shared helpers for the Cloud TPU VM launch scripts. Source it, do not run it:
+#
+#   source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+#
+# Every script defines a `usage` function (printed on --help and on argument
+# errors) before calling the parsing helpers below. Globals set here:
+#   DRY_RUN       1 under --dry-run: commands are printed, not executed.
+#   PROJECT       value of --project ("" = gcloud's configured project).
+#   FLAG_VALUE    value parsed by take_value.
+#   FLAG_SHIFT    how many words take_value consumed (1 or 2).
+
+# Where things live on every TPU VM worker (relative to the remote $HOME). The
+# tilde is deliberately unexpanded here: the remote shell expands it.
+# shellcheck disable=SC2088
+REMOTE_SRC='~/drlih_jax'
+# shellcheck disable=SC2088
+REMOTE_VENV='~/drlih_venv'
+# shellcheck disable=SC2088
+REMOTE_LOGS='~/drlih_logs'
+REMOTE_PYTHON="${REMOTE_VENV}/bin/python"
+# Name of the source archive in the remote $HOME (install.sh, local-copy mode).
+REMOTE_ARCHIVE='drlih_jax-src.tar.gz'
+
+DRY_RUN=0
+PROJECT=""
+FLAG_VALUE=""
+FLAG_SHIFT=0
+SCRIPT_NAME="$(basename "$0")"
+
+# Prints an error and the usage text to stderr, then exits with status 2.
+usage_error() {
+  printf '%s: error: %s\n\n' "${SCRIPT_NAME}" "$1" >&2
+  usage >&2
+  exit 2
+}
+
+# Prints an error (no usage text) to stderr, then exits with status 1.
+die() {
+  printf '%s: error: %s\n' "${SCRIPT_NAME}" "$1" >&2
+  exit 1
+}
+
+# Parses the value of a flag given as `--flag value` or `--flag=value`.
+# Call as `take_value "$@"` with the flag at $1; sets FLAG_VALUE, FLAG_SHIFT.
+take_value() {
+  local flag="$1"
+  if [[ "${flag}" == *=* ]]; then
+    FLAG_VALUE="${flag#*=}"
+    FLAG_SHIFT=1
+    flag="${flag%%=*}"
+  elif (($# >= 2)) && [[ "$2" != --* ]]; then
+    FLAG_VALUE="$2"
+    FLAG_SHIFT=2
+  else
+    usage_error "flag ${flag} needs a value"
+  fi
+  if [[ -z "${FLAG_VALUE}" ]]; then
+    usage_error "flag ${flag} needs a non-empty value"
+  fi
+}
+
+# Fails with a usage error naming FLAG when VALUE is empty.
+require_flag() {
+  local flag="$1" value="$2"
+  if [[ -z "${value}" ]]; then
+    usage_error "missing required flag ${flag}"
+  fi
+}
+
+# Handles the flags every script shares. Returns 1 when $1 is not one of them.
+# Sets FLAG_SHIFT to the number of words consumed.
+parse_common_flag() {
+  case "$1" in
+    --dry-run)
+      DRY_RUN=1
+      FLAG_SHIFT=1
+      ;;
+    --project | --project=*)
+      take_value "$@"
+      PROJECT="${FLAG_VALUE}"
+      ;;
+    -h | --help)
+      usage
+      exit 0
+      ;;
+    *)
+      return 1
+      ;;
+  esac
+}
+
+# Fails with a usage error for an unrecognized argument.
+unknown_flag() {
+  usage_error "unknown flag or argument: $1"
+}
+
+# Validates a TPU VM worker selector: `all` or a non-negative integer.
+check_worker() {
+  local flag="$1" value="$2"
+  if [[ "${value}" != all && ! "${value}" =~ ^[0-9]+$ ]]; then
+    usage_error "${flag} must be 'all' or a worker index (0, 1, ...), got '${value}'"
+  fi
+}
+
+# Validates a name used for remote log/pid files.
+check_simple_name() {
+  local flag="$1" value="$2"
+  if [[ ! "${value}" =~ ^[A-Za-z0-9._-]+$ ]]; then
+    usage_error "${flag} must match [A-Za-z0-9._-]+, got '${value}'"
+  fi
+}
+
+# Validates a `--config.key=value` override and fails on other shapes.
+check_config_override() {
+  local arg="$1"
+  if [[ ! "${arg}" =~ ^--config\.[A-Za-z_][A-Za-z0-9_.]*=.*$ ]]; then
+    usage_error "config overrides must look like --config.key=value, got '${arg}'"
+  fi
+}
+
+# Prints one word quoted for a POSIX shell: bare when it is made of safe
+# characters only; in double quotes when it holds none of $ ` \ " !;
+# otherwise in single quotes (a ' becomes '\'').
+quote_word() {
+  local word="$1"
+  local safe='^[A-Za-z0-9_@%+=:,./-]+$'
+  local unsafe_in_double_quotes='[$`\\"!]'
+  if [[ "${word}" =~ ${safe} ]]; then
+    printf '%s' "${word}"
+  elif [[ ! "${word}" =~ ${unsafe_in_double_quotes} ]]; then
+    printf '"%s"' "${word}"
+  else
+    printf "'%s'" "${word//\'/\'\\\'\'}"
+  fi
+}
+
+# Prints one argument in copy-pasteable form; `--flag=value` keeps the
+# `--flag=` prefix bare and quotes only the value.
+quote_arg() {
+  local arg="$1"
+  local flag_re='^(--[A-Za-z0-9][A-Za-z0-9._-]*=)(.*)$'
+  if [[ "${arg}" =~ ${flag_re} ]]; then
+    printf '%s' "${BASH_REMATCH[1]}"
+    quote_word "${BASH_REMATCH[2]}"
+  else
+    quote_word "${arg}"
+  fi
+}
+
+# Prints a command line: the arguments, each quoted, separated by spaces.
+format_command() {
+  local out="" arg
+  for arg in "$@"; do
+    out+="${out:+ }$(quote_arg "${arg}")"
+  done
+  printf '%s' "${out}"
+}
+
+# Prints `+ COMMAND` on stdout and, unless --dry-run, runs it.
+run() {
+  printf '+ %s\n' "$(format_command "$@")"
+  if ((DRY_RUN)); then
+    return 0
+  fi
+  "$@"
+}
+
+# Fails early (outside --dry-run) when gcloud is not on PATH.
+need_gcloud() {
+  if ((!DRY_RUN)) && ! command -v gcloud >/dev/null 2>&1; then
+    die "gcloud not found on PATH; install the Google Cloud CLI (https://cloud.google.com/sdk)"
+  fi
+}
+
+# Runs `gcloud ARG...` through `run`, adding --project=P when --project was given.
+run_gcloud() {
+  if [[ -n "${PROJECT}" ]]; then
+    run gcloud "$@" "--project=${PROJECT}"
+  else
+    run gcloud "$@"
+  fi
+}
+
+# Runs REMOTE_COMMAND on the TPU VM workers of NAME through gcloud ssh.
+# Usage: tpu_ssh NAME ZONE WORKER REMOTE_COMMAND
+tpu_ssh() {
+  local name="$1" zone="$2" worker="$3" command="$4"
+  run_gcloud compute tpus tpu-vm ssh "${name}" "--zone=${zone}" \
+    "--worker=${worker}" "--command=${command}"
+}
+
+# Prints the remote shell snippet that enters the source tree and exports the
+# environment shared by train and eval (TFDS_DATA_DIR when given).
+# Usage: remote_env_prefix TFDS_DATA_DIR
+remote_env_prefix() {
+  local tfds_dir="$1"
+  local prefix="cd ${REMOTE_SRC}; export PYTHONUNBUFFERED=1;"
+  if [[ -n "${tfds_dir}" ]]; then
+    prefix+=" export TFDS_DATA_DIR=$(quote_word "${tfds_dir}");"
+  fi
+  printf '%s' "${prefix}"
+}
+
+# Prints the `python -m drlih_jax.main ARG...` command for the workers, with
+# the arguments quoted for the remote shell.
+# Usage: remote_main_command ARG...
+remote_main_command() {
+  printf '%s -m drlih_jax.main %s' "${REMOTE_PYTHON}" "$(format_command "$@")"
+}

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Installs drlih_jax and JAX for TPU on every worker of a TPU VM.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+usage() {
+  cat <<'EOF'
+Usage: install.sh --name NAME --zone ZONE [--repo URL [--ref REF] | --src DIR]
+                  [--python-version V] [--jax-spec SPEC] [--project P] [--dry-run]
+
+Installs the project on every worker (--worker=all) of the TPU VM NAME into a
+virtual environment ~/drlih_venv (Python V, made with uv, because the TPU VM
+images ship Python 3.10 and drlih_jax needs >= 3.11), with the source in
+~/drlih_jax. Rerunning replaces the source and upgrades the packages.
+
+Source, one of:
+  (default)        copy the local checkout: the files git lists in DIR (tracked
+                   and untracked-but-not-ignored, so uncommitted edits go too)
+                   are packed into $TMPDIR/drlih_jax-src.tar.gz, copied with
+                   `gcloud compute tpus tpu-vm scp --worker=all` and unpacked.
+  --src DIR        the checkout to copy (default: the one holding this script).
+  --repo URL       `git clone URL` on every worker instead of copying;
+  --ref REF        with --repo: branch, tag or commit to check out.
+
+  --name NAME            TPU VM name.
+  --zone ZONE            its zone.
+  --python-version V     Python for the venv (default 3.11).
+  --jax-spec SPEC        pip requirement for JAX (default 'jax[tpu]').
+  --project P            Google Cloud project (default: gcloud config).
+  --dry-run              print the commands, do not run them.
+EOF
+}
+
+# Prints the remote shell command that installs the project on a worker.
+# Usage: remote_install_command FETCH_SNIPPET PYTHON_VERSION JAX_SPEC
+remote_install_command() {
+  local fetch="$1" python_version="$2" jax_spec="$3"
+  local venv_python="${REMOTE_VENV}/bin/python"
+  printf '%s' "set -euo pipefail;"
+  printf '%s' " export PATH=\"\$HOME/.local/bin:\$PATH\";"
+  printf '%s' " command -v uv >/dev/null || python3 -m pip install --user --quiet --upgrade uv;"
+  printf '%s' " ${fetch}"
+  printf '%s' " uv venv --allow-existing --python $(quote_word "${python_version}") ${REMOTE_VENV};"
+  printf '%s' " uv pip install --python ${venv_python} --upgrade $(quote_word "${jax_spec}") -e ${REMOTE_SRC};"
+  printf '%s' " ${venv_python} -c \"import jax, drlih_jax; print(jax.__version__)\""
+}
+
+main() {
+  local name="" zone="" repo="" ref="" src="" python_version="3.11"
+  local jax_spec="jax[tpu]"
+  while (($#)); do
+    case "$1" in
+      --name | --name=*)
+        take_value "$@"
+        name="${FLAG_VALUE}"
+        ;;
+      --zone | --zone=*)
+        take_value "$@"
+        zone="${FLAG_VALUE}"
+        ;;
+      --repo | --repo=*)
+        take_value "$@"
+        repo="${FLAG_VALUE}"
+        ;;
+      --ref | --ref=*)
+        take_value "$@"
+        ref="${FLAG_VALUE}"
+        ;;
+      --src | --src=*)
+        take_value "$@"
+        src="${FLAG_VALUE}"
+        ;;
+      --python-version | --python-version=*)
+        take_value "$@"
+        python_version="${FLAG_VALUE}"
+        ;;
+      --jax-spec | --jax-spec=*)
+        take_value "$@"
+        jax_spec="${FLAG_VALUE}"
+        ;;
+      *)
+        parse_common_flag "$@" || unknown_flag "$1"
+        ;;
+    esac
+    shift "${FLAG_SHIFT}"
+  done
+  require_flag --name "${name}"
+  require_flag --zone "${zone}"
+  if [[ -n "${ref}" && -z "${repo}" ]]; then
+    usage_error "--ref needs --repo (the local-copy mode copies the working tree as it is)"
+  fi
+  if [[ -n "${repo}" && -n "${src}" ]]; then
+    usage_error "give either --repo or --src, not both"
+  fi
+  if [[ ! "${python_version}" =~ ^3\.[0-9]+$ ]]; then
+    usage_error "--python-version must look like 3.11, got '${python_version}'"
+  fi
+  need_gcloud
+
+  local fetch
+  if [[ -n "${repo}" ]]; then
+    fetch="rm -rf ${REMOTE_SRC}; git clone --quiet $(quote_word "${repo}") ${REMOTE_SRC};"
+    if [[ -n "${ref}" ]]; then
+      fetch+=" git -C ${REMOTE_SRC} checkout --quiet $(quote_word "${ref}");"
+    fi
+  else
+    if [[ -z "${src}" ]]; then
+      src="$(dirname "${BASH_SOURCE[0]}")/.."
+    fi
+    if [[ ! -d "${src}/.git" && ! -f "${src}/.git" ]]; then
+      usage_error "--src ${src} is not a git checkout (needed to list its files); use --repo URL"
+    fi
+    src="$(cd "${src}" && pwd -P)"
+    local archive="${TMPDIR:-/tmp}/${REMOTE_ARCHIVE}"
+    # git lists tracked and untracked-but-not-ignored files; tar skips the
+    # ones deleted in the working tree (--ignore-failed-read).
+    local pack
+    pack="git -C $(quote_word "${src}") ls-files -z --cached --others --exclude-standard"
+    pack+=" | tar -czf $(quote_word "${archive}") -C $(quote_word "${src}")"
+    pack+=" --null --ignore-failed-read --no-recursion -T -"
+    run bash -c "set -euo pipefail; ${pack}"
+    run_gcloud compute tpus tpu-vm scp "${archive}" "${name}:${REMOTE_ARCHIVE}" \
+      "--zone=${zone}" --worker=all
+    fetch="rm -rf ${REMOTE_SRC}; mkdir -p ${REMOTE_SRC};"
+    fetch+=" tar -xzf ~/${REMOTE_ARCHIVE} -C ${REMOTE_SRC}; rm -f ~/${REMOTE_ARCHIVE};"
+  fi
+  tpu_ssh "${name}" "${zone}" all \
+    "$(remote_install_command "${fetch}" "${python_version}" "${jax_spec}")"
+}
+
+main "$@"
