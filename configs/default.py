@@ -10,6 +10,8 @@ def get_config() -> ml_collections.ConfigDict:
   """Returns the default configuration (the embedded digits dataset, small CNN, 32-bit codes)."""
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # Devices of the ("data",) mesh: 0 = every device of every process; n = the first n devices.
+  config.mesh_devices = 0
 
   # Objective: "drlih" (policy gradient + auxiliary triplet term), "triplet" (the auxiliary term alone,
   # the ablation), "official" (the released code's loss; see ALGORITHM.md item 9).

@@ -15,8 +15,8 @@ from absl import logging
 import jax
 import numpy as np
 
+from drlih_jax import input_pipeline
 from drlih_jax import metrics
-from drlih_jax import reports
 
 PRECISION_KS = (100, 500, 1000)
 MAP_TOP_K = (1000,)
@@ -41,7 +41,7 @@ def encode_images(encode_fn, images: np.ndarray, batch_size: int, sharding=None)
     if real < batch_size:
       chunk = np.concatenate([chunk, np.zeros((batch_size - real, *chunk.shape[1:]), chunk.dtype)])
     if sharding is not None:
-      chunk = jax.device_put(chunk, sharding)
+      chunk = input_pipeline.put_global(chunk, sharding)
     codes.append(np.asarray(jax.device_get(encode_fn(chunk)))[:real])
   return np.concatenate(codes) if codes else np.zeros((0, 0), np.uint8)
 
@@ -69,6 +69,7 @@ def write_report(workdir: str, step: int, report: dict, config, data=None, query
   with open(path, "w") as f:
     json.dump(payload, f, indent=1, sort_keys=True)
   if plots and data is not None:
+    from drlih_jax import reports  # pylint: disable=g-import-not-at-top  (matplotlib loads slowly)
     plot_dir = os.path.join(workdir, f"eval_{step}")
     os.makedirs(plot_dir, exist_ok=True)
     reports.write_plots(report, plot_dir)

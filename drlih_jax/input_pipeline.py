@@ -73,7 +73,15 @@ def to_device(split: types.Split, num_classes: int, input_config, sharding=None)
                     class_members=table, class_sizes=sizes)
   if sharding is None:
     return jax.tree.map(jnp.asarray, data)
-  return jax.device_put(data, sharding)
+  return put_global(data, sharding)
+
+
+def put_global(tree, sharding):
+  """Places host arrays (identical on every process) onto a possibly multi-process `sharding`."""
+  def put(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return jax.tree.map(put, tree)
 
 
 def sample_positions(rng: jax.Array, data: DeviceData, classes_per_batch: int,

@@ -7,6 +7,7 @@ Any config key can be overridden: --config.hash.bits=64 --config.objective=tripl
 """
 
 import logging as std_logging
+import os
 import sys
 
 from absl import app
@@ -23,6 +24,11 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "encode"], "What to do.")
 flags.DEFINE_integer("step", None, "eval/encode: the checkpoint step (default: the latest).")
 flags.DEFINE_string("split", "database", "encode: query, database or train.")
 flags.DEFINE_string("output", None, "encode: output .npz path (default: <workdir>/codes_<split>_<step>.npz).")
+flags.DEFINE_string("coordinator_address", None,
+                    "Multi-process runs outside Cloud TPU: host:port of process 0 (with --num_processes and "
+                    "--process_id). On multi-host Cloud TPU VMs jax.distributed initialises itself.")
+flags.DEFINE_integer("num_processes", None, "Multi-process: the number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -33,11 +39,25 @@ class _QuietLibraries(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
 
 
+def _initialize_distributed():
+  """Connects the processes of a multi-process run before any other JAX call."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if FLAGS.coordinator_address:
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+  elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
+    jax.distributed.initialize()  # A multi-host TPU slice: addresses come from the TPU metadata.
+  if jax.process_count() > 1:
+    logging.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
+                 jax.local_device_count(), jax.device_count())
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  _initialize_distributed()
   config = FLAGS.config
   try:
     if FLAGS.mode == "train":

@@ -43,9 +43,14 @@ def check_workdir(workdir: str) -> None:
     raise OSError(f"workdir {workdir!r} is not writable: {e.strerror or e}") from e
 
 
-def make_mesh() -> jax.sharding.Mesh:
-  """A one-axis ("data",) mesh over every device of every process."""
-  return jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
+  """A one-axis ("data",) mesh over every device of every process (or the first `num_devices`)."""
+  devices = jax.devices()
+  if num_devices:
+    if num_devices > len(devices):
+      raise ValueError(f"mesh_devices={num_devices} but only {len(devices)} devices are visible")
+    devices = devices[:num_devices]
+  return jax.sharding.Mesh(np.array(devices), ("data",))
 
 
 class _Setup:
@@ -55,7 +60,7 @@ class _Setup:
     config_validation.validate(config)
     self.config = config
     self.workdir = workdir
-    self.mesh = make_mesh()
+    self.mesh = make_mesh(config.get("mesh_devices", 0))
     self.replicated = NamedSharding(self.mesh, P())
     self.batch_sharding = NamedSharding(self.mesh, P("data"))
     num_devices = self.mesh.size
@@ -66,15 +71,17 @@ class _Setup:
     if config.train.eval_batch_size % num_devices:
       raise ValueError(f"train.eval_batch_size={config.train.eval_batch_size} is not divisible by the "
                        f"{num_devices} devices")
-    self.data = protocols.load_retrieval_data(config.dataset, workdir)
+    # Every process loads the whole split (device-resident mode); process 0 records/checks splits.json.
+    self.data = protocols.load_retrieval_data(config.dataset, workdir if jax.process_index() == 0 else None)
     self.model = models.create_model(config)
     self.tx = optim.create_optimizer(config.optim, config.train.steps)
     self.schedule = optim.learning_rate_schedule(config.optim, config.train.steps)
-    init_key = jax.random.fold_in(jax.random.key(config.seed), 0)
+    init_key = np.asarray(jax.random.key_data(jax.random.fold_in(jax.random.key(config.seed), 0)))
     image_shape = self.data.train.images.shape[1:]
     create = functools.partial(steps_lib.create_train_state, model=self.model, tx=self.tx,
                                image_shape=image_shape, config=config)
-    self.initial_state = jax.jit(create, out_shardings=self.replicated)(init_key)
+    self.initial_state = jax.jit(lambda key: create(jax.random.wrap_key_data(key)),
+                                 out_shardings=self.replicated)(init_key)
     self.encode = jax.jit(functools.partial(steps_lib.encode, model=self.model, config=config),
                           out_shardings=self.replicated)
 
@@ -129,9 +136,11 @@ def train_and_evaluate(config, workdir: str):
   Writes into `workdir`: config.json, splits.json, checkpoints/, tensorboard/, eval_<step>.json and its
   plots. On SIGTERM/SIGINT it saves a checkpoint at the current step and returns early.
   """
-  check_workdir(workdir)
+  if jax.process_index() == 0:
+    check_workdir(workdir)
   setup = _Setup(config, workdir)
-  _write_config(workdir, config)
+  if jax.process_index() == 0:
+    _write_config(workdir, config)
   manager = checkpointing.create_manager(workdir, config.train.keep_checkpoints)
   state, restored_step = checkpointing.restore_latest(manager, setup.initial_state)
   if state is None:
@@ -146,7 +155,8 @@ def train_and_evaluate(config, workdir: str):
       functools.partial(_keyed_step, model=setup.model, tx=setup.tx, config=config,
                         batch_sharding=setup.batch_sharding),
       donate_argnums=0)
-  base_key = jax.device_put(jax.random.fold_in(jax.random.key(config.seed), 1), setup.replicated)
+  base_key = input_pipeline.put_global(
+      jax.random.key_data(jax.random.fold_in(jax.random.key(config.seed), 1)), setup.replicated)
   writer = summary.MetricWriter(workdir)
   total = config.train.steps
   step = int(jax.device_get(state.step))
@@ -222,7 +232,7 @@ class _NonfiniteGuard:
 
 def _keyed_step(state, data, base_key, *, model, tx, config, batch_sharding):
   """The device-resident step with the key derived from the state's step (exact resume)."""
-  rng = jax.random.fold_in(base_key, state.step)
+  rng = jax.random.fold_in(jax.random.wrap_key_data(base_key), state.step)
   return steps_lib.device_resident_train_step(state, data, rng, model=model, tx=tx, config=config,
                                               batch_sharding=batch_sharding)
 
@@ -247,7 +257,7 @@ def _restore_for_eval(setup, workdir, step):
   if state is None:
     where = checkpointing.checkpoint_dir(workdir)
     available = sorted(manager.all_steps())
-    wanted = "any checkpoint" if step is None else f"a checkpoint at step {step}"
+    wanted = "checkpoint" if step is None else f"checkpoint at step {step}"
     raise FileNotFoundError(f"no {wanted} found in {where} (available steps: {available or 'none'})")
   return state, step
 

@@ -1,0 +1,422 @@
+"""Retrieval protocols: which images are queries, training images and database, from which source.
+
+`load_retrieval_data(dataset_config, workdir)` is the one entry point. `dataset_config` keys:
+
+* `name`: the protocol, one of `PROTOCOLS`:
+  - "cifar10": the pool is every image of the source (train + test, 60,000 for CIFAR-10); per class,
+    100 queries and 500 training images are drawn at random (seeded by `split_seed`); the database is the
+    rest of the pool (54,000): queries and training images are both left out.
+  - "cifar10-1": the same queries and training images (same seed, same draw); the database is every
+    non-query image (59,000, the training images included): the DRLIH paper's setting.
+  - "cifar10-2": queries are the source's test split (10,000), training set = database = its train split
+    (50,000). No randomness (`split_seed` is recorded only).
+  - "folder": a generic class-folder tree (`root/<split>/<class>/<image>`), as cifar10-2: train -> training
+    set and database, test -> queries.
+  - "nuswide_21" (21 labels) and "mirflickr" (38 labels): DeepHash-pytorch list files in `list_dir`, over
+    images in `root`: train.txt -> training set, test.txt -> queries, database.txt -> database.
+    mirflickr needs all three files. nuswide_21 as shipped here has only train.txt and test.txt; when
+    database.txt is absent the database is the training set (train.txt), which is logged. (DeepHash-pytorch
+    ships a nus_wide_21 database.txt; put it in `list_dir` to use it.)
+  - "list": generic list files, like nuswide_21 with the label width taken from the first line.
+  - "digits": the embedded sklearn digits (`drlih_jax.data.digits`).
+* `source`: "tfds" (the official tfds `cifar10` builder; cifar10* protocols only), "folder" (class-folder
+  tree at `root`), "list" (list files in `list_dir`), "digits".
+* `root`, `list_dir`, `data_dir` (tfds data dir, None = tfds' default), `split_seed` (int),
+  `image_size` (int: resize to this square size; None: native size, which every image must share),
+  `on_bad_image` ("error" | "skip", see `image_io`), `loader` ("auto" | "tfds" | "pillow": auto = the tfds
+  builders when tensorflow imports, else Pillow), `num_workers` (Pillow threads).
+
+Every returned split is in ascending id order (ids: see `folder_builder` and `list_builder`; the tfds
+cifar10 ids are `train_<k>` -> k and `test_<k>` -> 50,000 + k). Images that `on_bad_image = "skip"` dropped
+are not in the pool the protocol draws from, so the draw depends on which images decoded.
+
+Multi-label data: images without any label are kept in every split; their number per split is logged
+(a query without labels has no relevant item: AP 0). Use `labelled_mask` to leave them out of training
+triplets.
+
+With `workdir`, the chosen ids per split are written to `<workdir>/splits.json` with the protocol, seed and
+source; when that file exists, the recomputed split must equal it (else `SplitMismatchError` naming the
+file), so a resumed run cannot silently train or evaluate on other images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Optional
+
+from absl import logging
+import numpy as np
+
+from drlih_jax.data import image_io
+from drlih_jax.data.types import RetrievalData
+from drlih_jax.data.types import Split
+
+PROTOCOLS = ("digits", "cifar10", "cifar10-1", "cifar10-2", "nuswide_21", "mirflickr", "folder", "list")
+SOURCES = {
+    "digits": ("digits",),
+    "cifar10": ("tfds", "folder"),
+    "cifar10-1": ("tfds", "folder"),
+    "cifar10-2": ("tfds", "folder"),
+    "folder": ("folder",),
+    "nuswide_21": ("list",),
+    "mirflickr": ("list",),
+    "list": ("list",),
+}
+LOADERS = ("auto", "tfds", "pillow")
+LABEL_WIDTHS = {"nuswide_21": 21, "mirflickr": 38}
+REQUIRED_LISTS = {"nuswide_21": ("train", "test"), "mirflickr": ("train", "test", "database"),
+                  "list": ("train", "test")}
+QUERIES_PER_CLASS = 100
+TRAIN_PER_CLASS = 500
+SPLITS_FILE = "splits.json"
+_DEFAULTS = {"root": None, "list_dir": None, "data_dir": None, "split_seed": 0, "image_size": None,
+             "on_bad_image": "error", "loader": "auto", "num_workers": 4}
+
+
+class SplitMismatchError(RuntimeError):
+  """The recomputed split differs from the one recorded in `<workdir>/splits.json`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceIndex:
+  """Labels and ids of a source's splits (no pixels): what the protocols draw from."""
+
+  labels: dict[str, np.ndarray]
+  ids: dict[str, np.ndarray]
+  num_classes: int
+
+
+def labelled_mask(labels: np.ndarray) -> np.ndarray:
+  """bool [n]: True where the image has a label (always, for single-label int labels [n]).
+
+  Args:
+    labels: int class ids [n] or multi-hot [n, C].
+  """
+  labels = np.asarray(labels)
+  if labels.ndim == 1:
+    return np.ones(labels.shape, bool)
+  return labels.reshape(len(labels), -1).any(axis=1)
+
+
+def count_unlabelled(labels: np.ndarray) -> int:
+  """How many images have no label (0 for single-label data)."""
+  return int(len(labels) - labelled_mask(labels).sum())
+
+
+def _get(config, key: str):
+  value = config.get(key, _DEFAULTS[key]) if hasattr(config, "get") else getattr(config, key, _DEFAULTS[key])
+  return value
+
+
+def validate_config(config) -> dict[str, Any]:
+  """Checks the dataset config and returns its values with defaults filled in.
+
+  Raises:
+    ValueError: an unknown protocol, source or loader, or a bad value (naming the `dataset.*` key).
+  """
+  name = config.get("name") if hasattr(config, "get") else getattr(config, "name", None)
+  if name not in PROTOCOLS:
+    raise ValueError(f"dataset.name must be one of {PROTOCOLS}, got {name!r}")
+  default_source = SOURCES[name][0]
+  source = config.get("source", default_source) if hasattr(config, "get") else getattr(
+      config, "source", default_source)
+  if source not in SOURCES[name]:
+    raise ValueError(f"dataset.source must be one of {SOURCES[name]} for dataset.name {name!r}, got {source!r}")
+  values = {key: _get(config, key) for key in _DEFAULTS}
+  values.update(name=name, source=source)
+  image_io.check_on_bad_image(values["on_bad_image"])
+  if values["loader"] not in LOADERS:
+    raise ValueError(f"dataset.loader must be one of {LOADERS}, got {values['loader']!r}")
+  size = values["image_size"]
+  if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0):
+    raise ValueError(f"dataset.image_size must be a positive int or None, got {size!r}")
+  workers = values["num_workers"]
+  if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0:
+    raise ValueError(f"dataset.num_workers must be an int >= 0, got {workers!r}")
+  if isinstance(values["split_seed"], bool) or not isinstance(values["split_seed"], (int, np.integer)):
+    raise ValueError(f"dataset.split_seed must be an int, got {values['split_seed']!r}")
+  if source == "tfds" and values["loader"] == "pillow":
+    raise ValueError("dataset.loader 'pillow' cannot read dataset.source 'tfds' (the tfds cifar10 builder); "
+                     "use dataset.source 'folder' with the CIFAR-10 JPEG tree, or loader 'auto'/'tfds'")
+  return values
+
+
+def use_tfds(values: dict[str, Any]) -> bool:
+  """Whether this config loads through tfds (resolving loader "auto")."""
+  if values["source"] == "tfds" or values["loader"] == "tfds":
+    if not image_io.tensorflow_available():
+      raise ValueError(f"dataset.loader {values['loader']!r} / dataset.source {values['source']!r} needs "
+                       "tensorflow and tensorflow_datasets, which do not import; use dataset.loader 'pillow'")
+    return True
+  if values["loader"] == "pillow":
+    return False
+  return image_io.tensorflow_available()
+
+
+# --------------------------------------------------------------------------------------------------
+# Sources: split name -> Split (pixels, labels, ids), in id order.
+
+
+def _cifar10_tfds_id(text: str) -> int:
+  """The official tfds cifar10 `id` ("train_16399", "test_00042") as an int64 id (test offset 50,000)."""
+  split, _, number = text.partition("_")
+  if split not in ("train", "test") or not number.isdigit():
+    raise ValueError(f"unexpected tfds cifar10 id {text!r}")
+  return int(number) + (50_000 if split == "test" else 0)
+
+
+def _load_tfds_cifar10(values) -> tuple[dict[str, Split], int]:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from drlih_jax.data import folder_builder  # pylint: disable=import-outside-toplevel
+  builder = tfds.builder("cifar10", data_dir=values["data_dir"])
+  builder.download_and_prepare()
+  out = {}
+  for split in ("train", "test"):
+    arrays = folder_builder.read_all(builder, split)
+    ids = np.array([_cifar10_tfds_id(t.decode() if isinstance(t, bytes) else str(t)) for t in arrays["id"]],
+                   np.int64)
+    images = arrays["image"]
+    if values["image_size"] is not None and images.shape[1:3] != (values["image_size"],) * 2:
+      images = np.stack([image_io.resize_image(im, values["image_size"]) for im in images])
+    order = np.argsort(ids, kind="stable")
+    out[split] = Split(images[order], arrays["label"][order].astype(np.int32), ids[order])
+  return out, builder.info.features["label"].num_classes
+
+
+def load_source(values: dict[str, Any]) -> tuple[dict[str, Split], int]:
+  """Loads every split of the configured source (pixels included).
+
+  Returns:
+    (split name -> Split in id order, number of classes).
+  """
+  common = dict(image_size=values["image_size"], on_bad_image=values["on_bad_image"],
+                num_workers=int(values["num_workers"]))
+  tfds_path = use_tfds(values)
+  if values["source"] == "tfds":
+    return _load_tfds_cifar10(values)
+  if values["source"] == "folder":
+    from drlih_jax.data import folder_builder  # pylint: disable=import-outside-toplevel
+    tree = folder_builder.list_tree(values["root"])
+    if tfds_path:
+      splits = folder_builder.load_tree_tfds(tree, data_dir=values["data_dir"], **common)
+    else:
+      splits = folder_builder.load_tree_pillow(tree, **common)
+    return splits, len(tree.class_names)
+  from drlih_jax.data import list_builder  # pylint: disable=import-outside-toplevel
+  required = REQUIRED_LISTS[values["name"]]
+  index = list_builder.index_lists(values["list_dir"], values["root"], LABEL_WIDTHS.get(values["name"]),
+                                   required)
+  if tfds_path:
+    splits = list_builder.load_lists_tfds(index, data_dir=values["data_dir"], required=required, **common)
+  else:
+    splits = list_builder.load_lists_pillow(index, **common)
+  return splits, index.num_labels
+
+
+def _check_same_size(splits: dict[str, Split]) -> None:
+  shapes = {name: s.images.shape[1:] for name, s in splits.items() if len(s)}
+  if len(set(shapes.values())) > 1:
+    raise image_io.ImageSizeError(
+        f"image sizes differ between splits {shapes} and dataset.image_size is None; set dataset.image_size")
+
+
+# --------------------------------------------------------------------------------------------------
+# Protocols: ids per split, from labels and ids only.
+
+
+def cifar_style_ids(labels: np.ndarray, ids: np.ndarray, seed: int, *, database_includes_train: bool,
+                    queries_per_class: int = QUERIES_PER_CLASS,
+                    train_per_class: int = TRAIN_PER_CLASS) -> dict[str, np.ndarray]:
+  """Draws queries and training images per class from a single-label pool.
+
+  For each class in ascending order, the class's ids (sorted) are permuted with one
+  `np.random.default_rng(seed)` stream: the first `queries_per_class` are queries, the next
+  `train_per_class` training images, the rest database only.
+
+  Args:
+    labels: int [n] class ids of the pool.
+    ids: int64 [n] ids of the pool.
+    seed: the split seed.
+    database_includes_train: True: database = every non-query (cifar10-1); False: database = the rest
+      (cifar10).
+    queries_per_class: queries drawn per class.
+    train_per_class: training images drawn per class.
+
+  Returns:
+    "train", "query", "database" -> sorted int64 ids.
+  """
+  labels = np.asarray(labels)
+  if labels.ndim != 1:
+    raise ValueError("the cifar10 protocols need single-label data (int labels [n])")
+  rng = np.random.default_rng(seed)
+  query, train, rest = [], [], []
+  for c in np.unique(labels):
+    members = np.sort(ids[labels == c])
+    need = queries_per_class + train_per_class
+    if len(members) < need:
+      raise ValueError(f"class {c} has {len(members)} images; the protocol draws {queries_per_class} queries "
+                       f"and {train_per_class} training images per class ({need})")
+    members = members[rng.permutation(len(members))]
+    query.append(members[:queries_per_class])
+    train.append(members[queries_per_class:need])
+    rest.append(members[need:])
+  query, train, rest = (np.sort(np.concatenate(x)).astype(np.int64) for x in (query, train, rest))
+  database = np.union1d(train, rest) if database_includes_train else rest
+  return {"train": train, "query": query, "database": database}
+
+
+def protocol_ids(name: str, labels: dict[str, np.ndarray], ids: dict[str, np.ndarray],
+                 seed: int) -> dict[str, np.ndarray]:
+  """Ids of the training set, queries and database for a protocol over a source's splits.
+
+  Args:
+    name: the protocol (not "digits").
+    labels: source split name -> labels.
+    ids: source split name -> int64 ids.
+    seed: the split seed.
+
+  Returns:
+    "train", "query", "database" -> sorted int64 ids.
+  """
+  if name in ("cifar10", "cifar10-1"):
+    all_labels = np.concatenate([labels[s] for s in ids])
+    all_ids = np.concatenate([ids[s] for s in ids])
+    return cifar_style_ids(all_labels, all_ids, seed, database_includes_train=name == "cifar10-1")
+  for needed in ("train", "test"):
+    if needed not in ids:
+      raise ValueError(f"dataset.name {name!r} needs a {needed!r} split; the source has {sorted(ids)}")
+  train = np.sort(ids["train"])
+  query = np.sort(ids["test"])
+  if name in ("cifar10-2", "folder"):
+    database = train
+  elif "database" in ids:
+    database = np.sort(ids["database"])
+  else:
+    logging.warning("dataset.name %r: no database.txt in dataset.list_dir; the database is the training set "
+                    "(train.txt)", name)
+    database = train
+  return {"train": train, "query": query, "database": database}
+
+
+def _take_ids(table: Split, wanted: np.ndarray) -> Split:
+  position = np.searchsorted(table.ids, wanted)
+  if np.any(position >= len(table.ids)) or np.any(table.ids[np.minimum(position, len(table.ids) - 1)] != wanted):
+    raise ValueError("internal error: protocol ids missing from the source")
+  return table.take(position)
+
+
+def _concat(splits: dict[str, Split]) -> Split:
+  """All splits in one id-sorted table, each id once (list sources may list an image in two files)."""
+  images = np.concatenate([s.images for s in splits.values()])
+  labels = np.concatenate([s.labels for s in splits.values()])
+  ids = np.concatenate([s.ids for s in splits.values()])
+  _, first = np.unique(ids, return_index=True)
+  return Split(images, labels, ids).take(first)
+
+
+# --------------------------------------------------------------------------------------------------
+# splits.json
+
+
+def _record(values, ids: dict[str, np.ndarray], num_classes: int) -> dict[str, Any]:
+  return {
+      "protocol": values["name"],
+      "seed": int(values["split_seed"]),
+      "source": values["source"],
+      "root": values.get("root"),
+      "list_dir": values.get("list_dir"),
+      "image_size": values.get("image_size"),
+      "num_classes": int(num_classes),
+      "counts": {k: int(len(v)) for k, v in ids.items()},
+      "ids": {k: [int(i) for i in v] for k, v in ids.items()},
+  }
+
+
+def write_or_check_splits(workdir: str, record: dict[str, Any]) -> str:
+  """Writes `<workdir>/splits.json`, or checks an existing one equals `record`.
+
+  Returns:
+    The file's path.
+
+  Raises:
+    SplitMismatchError: the file records another protocol, seed, source or other ids.
+  """
+  path = os.path.join(workdir, SPLITS_FILE)
+  if os.path.exists(path):
+    with open(path, "r", encoding="utf-8") as f:
+      old = json.load(f)
+    for key in ("protocol", "seed", "source"):
+      if old.get(key) != record[key]:
+        raise SplitMismatchError(f"{path} records {key} {old.get(key)!r} but this run has {record[key]!r}; "
+                                 "use a new workdir or the recorded dataset settings")
+    for split in ("train", "query", "database"):
+      before = np.asarray(old.get("ids", {}).get(split, []), np.int64)
+      now = np.asarray(record["ids"][split], np.int64)
+      if not np.array_equal(before, now):
+        n = min(len(before), len(now))
+        diff = np.flatnonzero(before[:n] != now[:n])
+        at = int(diff[0]) if len(diff) else n
+        raise SplitMismatchError(
+            f"{path}: the recomputed {split!r} split differs from the recorded one ({len(before)} ids recorded, "
+            f"{len(now)} now, first difference at position {at}); the data or its bad-image skips changed. "
+            "Use a new workdir, or restore the data the run started with")
+    return path
+  os.makedirs(workdir, exist_ok=True)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(record, f)
+  os.replace(tmp, path)
+  return path
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def _log_unlabelled(data: RetrievalData, name: str) -> None:
+  if not data.multi_label:
+    return
+  for split in ("query", "train", "database"):
+    part = getattr(data, split)
+    missing = count_unlabelled(part.labels)
+    if missing:
+      note = " (no relevant item: AP 0 in mAP)" if split == "query" else ""
+      logging.warning("dataset %s: %d of %d %s images have no label%s", name, missing, len(part), split, note)
+
+
+def load_retrieval_data(dataset_config, workdir: Optional[str] = None) -> RetrievalData:
+  """Loads a protocol's training set, queries and database (see the module docstring).
+
+  Args:
+    dataset_config: the `dataset` ConfigDict (keys in the module docstring).
+    workdir: where `splits.json` is written or checked; None skips that.
+
+  Returns:
+    The RetrievalData (uint8 NHWC images, int32 labels [n] or uint8 multi-hot [n, C], int64 ids).
+  """
+  values = validate_config(dataset_config)
+  if values["name"] == "digits":
+    from drlih_jax.data import digits  # pylint: disable=import-outside-toplevel
+    data = digits.load_digits(dataset_config)
+    ids = {"train": data.train.ids, "query": data.query.ids, "database": data.database.ids}
+  else:
+    splits, num_classes = load_source(values)
+    for split_name, part in splits.items():
+      if not len(part):
+        raise ValueError(f"dataset {values['name']!r}: source split {split_name!r} has no usable image "
+                         "(every image was skipped)")
+    if values["image_size"] is None:
+      _check_same_size(splits)
+    ids = protocol_ids(values["name"], {k: v.labels for k, v in splits.items()},
+                       {k: v.ids for k, v in splits.items()}, int(values["split_seed"]))
+    table = _concat(splits)
+    data = RetrievalData(train=_take_ids(table, ids["train"]), query=_take_ids(table, ids["query"]),
+                         database=_take_ids(table, ids["database"]), num_classes=num_classes)
+  logging.info("dataset %s (source %s, seed %d): train %d, query %d, database %d, %d classes", values["name"],
+               values["source"], values["split_seed"], len(data.train), len(data.query), len(data.database),
+               data.num_classes)
+  _log_unlabelled(data, values["name"])
+  if workdir is not None:
+    write_or_check_splits(workdir, _record(values, ids, data.num_classes))
+  return data

@@ -1,0 +1,162 @@
+"""Data parallelism, multi-process training, preemption and guarded training (CPU, subprocesses)."""
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from drlih_jax import checkpointing
+from drlih_jax import steps as steps_lib
+from drlih_jax import train
+from tests import test_train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNNER = os.path.join(REPO, "tests", "helpers", "run_training.py")
+
+
+def _env(devices=1, **extra):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env.update(extra)
+  return env
+
+
+def _run(workdir, out, *overrides, devices=1, check=True, **env):
+  proc = subprocess.run([sys.executable, RUNNER, str(workdir), str(out), *overrides], cwd=REPO,
+                        env=_env(devices, **env), capture_output=True, text=True, timeout=600)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"training subprocess failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+  return proc
+
+
+def _params(path):
+  data = np.load(path)
+  return [data[f"arr_{i}"] for i in range(len(data.files) - 1)]
+
+
+def test_eight_devices_match_one_device(tmp_path):
+  common = ("train.steps=12", "train.checkpoint_every=12", "train.log_every=6")
+  _run(tmp_path / "one", tmp_path / "one.npz", *common, "mesh_devices=1", devices=8)
+  _run(tmp_path / "eight", tmp_path / "eight.npz", *common, "mesh_devices=8", devices=8)
+  one, eight = _params(tmp_path / "one.npz"), _params(tmp_path / "eight.npz")
+  assert len(one) == len(eight) > 0
+  worst = max(float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12)) for a, b in zip(eight, one))
+  assert worst < 1e-5, worst
+  # And training moved the parameters (the comparison is not between two initialisations).
+  init_dir = tmp_path / "init"
+  _run(init_dir, tmp_path / "init.npz", "train.steps=1", "optim.learning_rate=0.0", devices=1)
+  assert max(float(np.max(np.abs(a - b))) for a, b in zip(one, _params(tmp_path / "init.npz"))) > 1e-3
+
+
+def test_rollout_noise_differs_across_devices():
+  config = test_train.small_config()
+  noise = np.asarray(steps_lib.rollout_noise(jax.random.key(0), config, 80))  # [R, T, B, g]
+  shards = np.split(noise[:-1], 8, axis=2)  # the batch axis as 8 devices would hold it
+  for a, b in zip(shards, shards[1:]):
+    assert not np.allclose(a, b)
+  assert np.all(noise[-1] == 0.5)  # the greedy rollout
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(tmp_path):
+  common = ("train.steps=8", "train.checkpoint_every=4", "train.log_every=4")
+  _run(tmp_path / "single", tmp_path / "single.npz", *common, devices=2)
+  port = _free_port()
+  workdir = tmp_path / "multi"
+  procs = [subprocess.Popen([sys.executable, RUNNER, str(workdir), str(tmp_path / "multi.npz"), *common],
+                            cwd=REPO, env=_env(1, DRLIH_COORDINATOR=f"localhost:{port}", DRLIH_NUM_PROCESSES="2",
+                                               DRLIH_PROCESS_ID=str(i)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-4000:]
+  single, multi = _params(tmp_path / "single.npz"), _params(tmp_path / "multi.npz")
+  worst = max(float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12)) for a, b in zip(multi, single))
+  assert worst < 1e-5, worst
+  # Only process 0 wrote reports: one event file, one eval JSON, one log of the eval.
+  assert len(os.listdir(workdir / "tensorboard")) == 1
+  assert sorted(p for p in os.listdir(workdir) if p.startswith("eval_") and p.endswith(".json")) == ["eval_8.json"]
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["4", "8"]
+
+
+def _interrupt_and_resume(tmp_path, sig):
+  common = ("train.steps=60", "train.checkpoint_every=5", "train.log_every=10")
+  _run(tmp_path / "full", tmp_path / "full.npz", *common)
+  workdir = tmp_path / "interrupted"
+  proc = subprocess.Popen([sys.executable, RUNNER, str(workdir), str(tmp_path / "x.npz"), *common], cwd=REPO,
+                          env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  ckpt_dir = workdir / "checkpoints"
+  deadline = time.time() + 300
+  while time.time() < deadline and not (ckpt_dir.exists() and any(p.isdigit() for p in os.listdir(ckpt_dir))):
+    time.sleep(0.05)
+  time.sleep(random.uniform(0.0, 0.5))
+  proc.send_signal(sig)
+  _, err = proc.communicate(timeout=300)
+  steps_saved = sorted(int(p) for p in os.listdir(ckpt_dir) if p.isdigit())
+  assert steps_saved and steps_saved[-1] < 60, (steps_saved, err[-2000:])  # it really was interrupted
+  _run(workdir, tmp_path / "resumed.npz", *common)
+  for a, b in zip(_params(tmp_path / "resumed.npz"), _params(tmp_path / "full.npz")):
+    np.testing.assert_array_equal(a, b)
+  return proc.returncode, err
+
+
+def test_sigkill_then_resume_is_bitwise_equal(tmp_path):
+  code, _ = _interrupt_and_resume(tmp_path, signal.SIGKILL)
+  assert code == -signal.SIGKILL
+
+
+def test_sigterm_saves_exits_zero_and_resumes_bitwise(tmp_path):
+  code, err = _interrupt_and_resume(tmp_path, signal.SIGTERM)
+  assert code == 0, err[-2000:]
+  assert "saving a checkpoint and exiting" in err
+
+
+def test_truncated_latest_checkpoint_is_skipped(tmp_path, caplog):
+  config = test_train.small_config(**{"train.steps": 20, "train.checkpoint_every": 10})
+  state = train.train_and_evaluate(config, str(tmp_path))
+  newest = tmp_path / "checkpoints" / "20"
+  for root, _, files in os.walk(newest):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "r+b") as f:
+        f.truncate(max(os.path.getsize(path) // 3, 0))
+  manager = checkpointing.create_manager(str(tmp_path), 3)
+  with caplog.at_level("WARNING"):
+    restored, step = checkpointing.restore_latest(manager, state)
+  assert step == 10 and int(restored.step) == 10
+  assert any("Skipping unreadable checkpoint" in r.getMessage() and str(newest) in r.getMessage()
+             for r in caplog.records)
+
+
+def test_config_change_on_resume_is_refused(tmp_path):
+  config = test_train.small_config(**{"train.steps": 5, "train.checkpoint_every": 5})
+  train.train_and_evaluate(config, str(tmp_path))
+  changed = test_train.small_config(**{"train.steps": 5, "hash.bits": 24, "hash.eval_bits": (24,)})
+  with pytest.raises(ValueError, match=r"hash.bits: checkpointed 16, now 24"):
+    train.train_and_evaluate(changed, str(tmp_path))
+  # Keys that do not change shapes or splits may change (e.g. a longer schedule).
+  longer = test_train.small_config(**{"train.steps": 6, "train.checkpoint_every": 5})
+  assert int(train.train_and_evaluate(longer, str(tmp_path)).step) == 6
+
+
+def test_nonfinite_updates_are_skipped_then_stop(tmp_path, caplog):
+  config = test_train.small_config(**{"train.steps": 50, "optim.learning_rate": 1e38, "optim.warmup_steps": 0,
+                                      "train.max_nonfinite_in_a_row": 3})
+  with caplog.at_level("WARNING"):
+    with pytest.raises(FloatingPointError, match="3 non-finite updates in a row"):
+      train.train_and_evaluate(config, str(tmp_path))
+  assert sum("update skipped" in r.getMessage() for r in caplog.records) == 3
