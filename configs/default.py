@@ -39,6 +39,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.input.images_per_class = 8       # images per drawn class
   config.input.augment = ""               # "" | "crop_flip"
   config.input.crop_padding = 4
+  # Larger views for big backbones: resize the stored images to `resize` on the device, then take a random
+  # `crop` (with flip) in training and the centre crop when encoding (0: off). See drlih_jax/resize.py.
+  config.input.resize = 0
+  config.input.crop = 0
 
   config.model = ml_collections.ConfigDict()
   config.model.backbone = "small_cnn"     # "small_cnn" | "resnet" | "vgg19_bn"
@@ -48,6 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.hidden = 128
   config.model.action_embed = 32          # width of the embedding of the previous action group
   config.model.dtype = "float32"          # compute dtype; parameters stay float32
+  config.model.pretrained = ""            # vgg19_bn only: torchvision/timm safetensors ImageNet weights
 
   config.hash = ml_collections.ConfigDict()
   config.hash.bits = 32
@@ -63,6 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.rl.eta = 0.0                     # entropy bonus
   config.rl.triplets_per_anchor = 4       # sampled (positive, negative) pairs per anchor, triplet term
   config.rl.triplet_margin = 1.0
+  config.rl.official_lambda = 0.001       # objective "official": weight of the log-pi term
 
   config.optim = ml_collections.ConfigDict()
   config.optim.name = "adamw"             # "adamw" | "sgd" (paper: momentum 0.9, step decay)

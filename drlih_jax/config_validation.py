@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from drlih_jax import models
 
-OBJECTIVES = ("drlih", "triplet")
+OBJECTIVES = ("drlih", "triplet", "official")
 REWARDS = ("batch", "triplet")
 
 # Keys whose change between a checkpointed run and its resume changes parameter shapes or data splits.
@@ -24,6 +24,8 @@ def validate(config) -> None:
   if bits % group:
     raise ValueError(f"hash.bits={bits} is not divisible by hash.group={group}: the agent emits "
                      "hash.bits / hash.group groups of hash.group bits")
+  if config.objective == "official" and group != 1:
+    raise ValueError(f"objective 'official' emits one bit per step: hash.group must be 1, got {group}")
   if config.rl.reward not in REWARDS:
     raise ValueError(f"rl.reward must be one of {REWARDS}, got {config.rl.reward!r}")
   if config.objective == "drlih" and config.rl.rollouts < 2:
@@ -41,6 +43,22 @@ def validate(config) -> None:
     raise ValueError(f"model.backbone must be one of {models.BACKBONES}, got {config.model.backbone!r}")
   if len(config.dataset.mean) != len(config.dataset.std):
     raise ValueError("dataset.mean and dataset.std must have one entry per channel")
+  _validate_resize(config)
+  if config.model.get("pretrained") and config.model.backbone != "vgg19_bn":
+    raise ValueError(f"model.pretrained={config.model.pretrained!r} holds vgg19_bn weights but "
+                     f"model.backbone={config.model.backbone!r}")
+
+
+def _validate_resize(config) -> None:
+  """input.resize / input.crop: optional positive ints with crop <= resize (see drlih_jax/resize.py)."""
+  resize, crop = config.input.get("resize"), config.input.get("crop")
+  for key, value in (("input.resize", resize), ("input.crop", crop)):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+      raise ValueError(f"{key} must be a non-negative int (0 or None: off), got {value!r}")
+  if crop and not resize:
+    raise ValueError(f"input.crop={crop} needs input.resize (the crop is taken from the resized image)")
+  if crop and crop > resize:
+    raise ValueError(f"input.crop={crop} is larger than input.resize={resize}")
 
 
 def flatten(config, prefix: str = "") -> dict:

@@ -3,6 +3,8 @@
 - "drlih": REINFORCE over M sampled rollouts with the prefix-hinge reward and a leave-one-out baseline,
   plus beta * the triplet term on the greedy probabilities, minus eta * the policy entropy.
 - "triplet": beta * the triplet term alone (the ablation; no sampling, no policy gradient).
+- "official": the released code's loss (`official_loss`): lambda * mean(logpi) * stop_gradient(L_tri)
+  + (1 - lambda) * L_tri on the greedy probabilities, lambda = 0.001.
 """
 
 from __future__ import annotations
@@ -13,16 +15,24 @@ import jax.numpy as jnp
 from drlih_jax import rl
 
 
-def triplet_margin_loss(probs: jax.Array, anchors: jax.Array, positives: jax.Array, negatives: jax.Array,
-                        weights: jax.Array, margin: float) -> jax.Array:
-  """Weighted mean of max(0, margin + ||P_a - P_p|| - ||P_a - P_n||) with torch's eps convention.
+OFFICIAL_LAMBDA = 0.001
 
-  The norm is ||x - y + 1e-6||_2, as `torch.nn.TripletMarginLoss` (used by the released code) computes it.
+
+def triplet_margin_loss(probs: jax.Array, anchors: jax.Array, positives: jax.Array, negatives: jax.Array,
+                        weights: jax.Array, margin: float, abs_diff: bool = False) -> jax.Array:
+  """Weighted mean of max(0, margin + ||P_a - P_p|| - ||P_a - P_n||) with an eps inside the norm.
+
+  The norm is ||x - y + 1e-6||_2, as `torch.nn.functional.pairwise_distance` computes it. With
+  `abs_diff=True` it is || |x - y| + 1e-6 ||_2, as the released code's own `function.pairwise_distance`
+  (which its training script calls, not torch's) computes it; the "official" objective uses that.
   """
   eps = 1e-6
   pa, pp, pn = probs[anchors], probs[positives], probs[negatives]
-  d_ap = jnp.sqrt(jnp.sum(jnp.square(pa - pp + eps), axis=-1))
-  d_an = jnp.sqrt(jnp.sum(jnp.square(pa - pn + eps), axis=-1))
+  diff_p, diff_n = pa - pp, pa - pn
+  if abs_diff:
+    diff_p, diff_n = jnp.abs(diff_p), jnp.abs(diff_n)
+  d_ap = jnp.sqrt(jnp.sum(jnp.square(diff_p + eps), axis=-1))
+  d_an = jnp.sqrt(jnp.sum(jnp.square(diff_n + eps), axis=-1))
   per_triplet = jax.nn.relu(margin + d_ap - d_an)
   weights = weights.astype(per_triplet.dtype)
   return jnp.sum(per_triplet * weights) / jnp.maximum(jnp.sum(weights), 1.0)
@@ -64,3 +74,39 @@ def policy_gradient_loss(actions: jax.Array, logits: jax.Array, *, pos_mask: jax
       "final_prefix_reward": jnp.mean(rewards[..., -1]),
   }
   return loss, metrics
+
+
+def greedy_log_pi(logits: jax.Array) -> jax.Array:
+  """The released code's logpi per row: -(1/K) sum_k log(p_k if p_k > 0.5 else 1 - p_k), p = sigmoid(z).
+
+  Computed from the logits (p > 0.5 <=> z > 0) with log-sigmoid, which equals log(p) / log(1 - p) without
+  their float32 rounding near p = 0 or 1; at p = 0.5 exactly it takes log(1 - p), as the released code.
+
+  Args:
+    logits: [N, K] float32.
+
+  Returns:
+    [N] float32.
+  """
+  greedy = logits > 0.0
+  per_bit = jnp.where(greedy, jax.nn.log_sigmoid(logits), jax.nn.log_sigmoid(-logits))
+  return -jnp.mean(per_bit, axis=-1)
+
+
+def official_loss(logits: jax.Array, anchors: jax.Array, positives: jax.Array, negatives: jax.Array,
+                  weights: jax.Array, margin: float, lam: float = OFFICIAL_LAMBDA):
+  """The released code's loss on the greedy rollout's logits [B, K] and the batch's triplets.
+
+  Loss = lam * mean_a(logpi_a) * stop_gradient(L_tri) + (1 - lam) * L_tri, with L_tri the triplet margin
+  loss on the bit probabilities (|x - y| + eps norm, see `triplet_margin_loss`) and logpi (`greedy_log_pi`)
+  averaged over the triplets' anchors, both weighted by `weights` (invalid triplets count 0).
+
+  Returns:
+    (loss, {"triplet_loss": L_tri, "log_pi": mean logpi}).
+  """
+  probs = jax.nn.sigmoid(logits)
+  triplet = triplet_margin_loss(probs, anchors, positives, negatives, weights, margin, abs_diff=True)
+  w = weights.astype(jnp.float32)
+  log_pi = jnp.sum(greedy_log_pi(logits)[anchors] * w) / jnp.maximum(jnp.sum(w), 1.0)
+  loss = lam * log_pi * jax.lax.stop_gradient(triplet) + (1.0 - lam) * triplet
+  return loss, {"triplet_loss": triplet, "log_pi": log_pi}

@@ -17,10 +17,11 @@ import optax
 
 from drlih_jax import input_pipeline
 from drlih_jax import losses
+from drlih_jax import resize as resize_lib
 from drlih_jax import rl
 from drlih_jax import triplets as triplets_lib
 
-OBJECTIVES = ("drlih", "triplet")
+OBJECTIVES = ("drlih", "triplet", "official")
 
 
 @flax.struct.dataclass
@@ -53,7 +54,7 @@ def rollout_noise(rng, config, batch: int) -> jax.Array:
   """[R, T, B, g] noise: M uniform rollouts then one greedy (0.5) rollout for "drlih"; greedy only else."""
   steps, group = config.hash.bits // config.hash.group, config.hash.group
   greedy = jnp.full((1, steps, batch, group), 0.5, jnp.float32)
-  if config.objective == "triplet":
+  if config.objective in ("triplet", "official"):
     return greedy
   sampled = jax.random.uniform(rng, (config.rl.rollouts, steps, batch, group), jnp.float32)
   return jnp.concatenate([sampled, greedy], axis=0)
@@ -95,6 +96,11 @@ def train_step(state: TrainState, batch, rng, *, model, tx, config):
       entropy = jnp.mean(rl.bernoulli_entropy(sampled_logits))
       loss = loss + pg_loss - config.rl.eta * entropy
       metrics.update(pg_metrics, pg_loss=pg_loss, entropy=entropy)
+    elif config.objective == "official":
+      loss, official_metrics = losses.official_loss(
+          logits[-1], *triplets, margin=config.rl.triplet_margin,
+          lam=config.rl.get("official_lambda", losses.OFFICIAL_LAMBDA))
+      metrics.update(official_metrics)
     metrics["loss"] = loss
     return loss, (metrics, updates.get("batch_stats", {}))
 
@@ -113,18 +119,27 @@ def train_step(state: TrainState, batch, rng, *, model, tx, config):
 
 def device_resident_train_step(state: TrainState, data: input_pipeline.DeviceData, rng, *, model, tx,
                                config, batch_sharding=None):
-  """Draws the batch on the device from the resident split, then runs `train_step`."""
+  """Draws the batch on the device from the resident split, then runs `train_step`.
+
+  With `input.resize` set, the drawn (normalised) batch is resized on the device and, with `input.crop`,
+  randomly cropped and flipped (`resize.train_view`).
+  """
   batch_key, step_key = jax.random.split(rng)
   batch = input_pipeline.sample_batch(batch_key, data, config.input, config.dataset)
-  batch = {"image": batch["image"], "label": batch["label"]}
+  images = batch["image"]
+  if config.input.get("resize"):
+    images = resize_lib.train_view(jax.random.fold_in(batch_key, 1), images, config.input)
+  batch = {"image": images, "label": batch["label"]}
   if batch_sharding is not None:
     batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
   return train_step(state, batch, step_key, model=model, tx=tx, config=config)
 
 
 def encode(params, batch_stats, images_uint8, *, model, config) -> jax.Array:
-  """Greedy codes of uint8 images: [B, K] uint8 in {0, 1}."""
+  """Greedy codes of uint8 images: [B, K] uint8 in {0, 1} (resized and centre-cropped per `input`)."""
   images = input_pipeline.normalize(images_uint8, config.dataset.mean, config.dataset.std)
+  if config.input.get("resize"):
+    images = resize_lib.eval_view(images, config.input)
   steps, group = config.hash.bits // config.hash.group, config.hash.group
   noise = jnp.full((1, steps, images.shape[0], group), 0.5, jnp.float32)
   actions, _ = model.apply(_variables(params, batch_stats), images, noise, train=False)

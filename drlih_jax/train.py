@@ -82,6 +82,13 @@ class _Setup:
                                image_shape=image_shape, config=config)
     self.initial_state = jax.jit(lambda key: create(jax.random.wrap_key_data(key)),
                                  out_shardings=self.replicated)(init_key)
+    if config.model.get("pretrained"):
+      params, batch_stats = models.load_pretrained(config, self.initial_state.params,
+                                                   self.initial_state.batch_stats)
+      self.initial_state = self.initial_state.replace(
+          params=input_pipeline.put_global(jax.device_get(params), self.replicated),
+          batch_stats=input_pipeline.put_global(jax.device_get(batch_stats), self.replicated))
+      logging.info("Loaded pretrained backbone weights from %s", config.model.pretrained)
     self.encode = jax.jit(functools.partial(steps_lib.encode, model=self.model, config=config),
                           out_shardings=self.replicated)
 

@@ -359,3 +359,15 @@ def test_check_tree_names_bad_leaf(loaded):
   msg = str(e.value)
   assert "params/conv3/kernel: expected (3, 3, 128, 128), got (3, 3, 128, 64)" in msg
   assert "batch_stats/bn7/var" in msg
+
+
+def test_max_pool_2x2_matches_flax_max_pool_values_and_relu_gradients():
+  import flax.linen as flax_nn  # pylint: disable=g-import-not-at-top
+  from drlih_jax.models import vgg as vgg_lib  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.key(0), (2, 9, 10, 3))  # odd height: VALID drops the last row
+  np.testing.assert_array_equal(np.asarray(vgg_lib.max_pool_2x2(x)),
+                                np.asarray(flax_nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")))
+  # With ReLU before the pool (as in VGG), tied zero windows get no gradient either way.
+  f1 = lambda v: jnp.sum(jnp.sin(vgg_lib.max_pool_2x2(jax.nn.relu(v))))
+  f2 = lambda v: jnp.sum(jnp.sin(flax_nn.max_pool(jax.nn.relu(v), (2, 2), strides=(2, 2), padding="VALID")))
+  np.testing.assert_allclose(np.asarray(jax.grad(f1)(x)), np.asarray(jax.grad(f2)(x)), rtol=1e-6, atol=1e-7)

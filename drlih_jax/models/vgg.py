@@ -32,6 +32,7 @@ the biased one; the normalisation itself uses the biased variance in both.
 from typing import Any, Sequence, Tuple, Union
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -100,6 +101,19 @@ def adaptive_avg_pool2d(x: jnp.ndarray, output_size: int = POOL_OUTPUT_SIZE) -> 
   return jnp.einsum("ih,jw,nhwc->nijc", ph, pw, x)
 
 
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2/stride-2 VALID max-pool as a reshape and a max (same values as `nn.max_pool`).
+
+  On GPU the gradient of this form is a fused elementwise kernel, while `nn.max_pool`'s
+  (select-and-scatter) was measured 14% slower for the whole VGG-19-BN training step on an H200.
+  Ties inside a window get the gradient split differently, but after ReLU ties are zeros, whose
+  gradient the ReLU blocks either way.
+  """
+  n, h, w, c = x.shape
+  x = x[:, :h - h % 2, :w - w % 2, :]
+  return jnp.max(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
 class VGG19BN(nn.Module):
   """VGG-19-BN trunk plus the DRLIH fc6/fc7 head; returns the fc7 feature.
 
@@ -140,7 +154,7 @@ class VGG19BN(nn.Module):
     conv_idx = 0
     for v in VGG19_CFG:
       if v == "M":
-        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+        x = max_pool_2x2(x)
         continue
       x = nn.Conv(
           v, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
