@@ -15,9 +15,10 @@ changes. Model FLOPs per image = 3 x (backbone forward + agent forward) counted 
 `vgg19_bn_flops`; the agent's matrix products); MFU = images/s x that / --peak-flops. (XLA's
 `cost_analysis` is not used: on GPU it left out the convolutions and the scanned loops, about 2 TFLOP/s.)
 
-Measured on one NVIDIA H200 (jax 0.11.2, bf16, batch 256, 224x224 from 32x32 stored images, 15 timed steps):
-official 2,942 images/s (87.0 ms/step, MFU 36.0%), drlih 3,004 (85.2 ms, 35.8%); with VGG's 2x2 max pool
-written as a reshape + max instead of `nn.max_pool` (an experiment, patched in at run time) 3,361 and 3,467.
+Measured on one NVIDIA H200 (jax 0.11.2, bf16, batch 256, 224x224 from 32x32 stored images, 15 timed steps),
+with VGG's 2x2 max pool written as a reshape + max (`vgg.max_pool_2x2`, now the code's): official 3,361
+images/s (76.2 ms/step, MFU 41.1%), drlih 3,467 (73.8 ms, 41.4%); with `nn.max_pool` it was 2,942 and 3,004.
+See BENCHMARKS.md.
 
 Imports neither TensorFlow nor tensorflow_datasets. ml_collections is used when installed; otherwise a
 minimal stand-in (attribute dict) is installed so that the config files load.

@@ -1,0 +1,132 @@
+"""Tests of drlih_jax.reports (PNG plots, retrieval grid) and metrics.full_report."""
+
+import json
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from drlih_jax import metrics
+from drlih_jax import reports
+
+SMALL = dict(stable_block=4, db_block=16, stable_chunk=64, query_batch=8)
+
+
+def _open_png(path):
+  with Image.open(path) as image:
+    assert image.format == "PNG"
+    image.load()
+    return np.asarray(image.convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def code_sets():
+  rng = np.random.default_rng(0)
+  centers = rng.integers(0, 2, (4, 16))
+  ql, xl = rng.integers(0, 4, 30), rng.integers(0, 4, 200)
+  ql[0] = 9  # no relevant item
+  q = (centers[ql % 4] ^ (rng.random((30, 16)) < 0.15)).astype(np.uint8)
+  x = (centers[xl] ^ (rng.random((200, 16)) < 0.15)).astype(np.uint8)
+  return q, x, ql, xl
+
+
+def test_full_report_layout_and_values(code_sets):
+  q, x, ql, xl = code_sets
+  report = metrics.full_report(q, x, ql, xl, prefix_lengths=[8, 16], ks=(10, 50), top_k=(20,),
+                               **SMALL)
+  json.dumps(report)  # serialisable as is
+  assert set(report) >= {"map", "map_average_ties", "map_at_k", "map_at_k_average_ties",
+                         "precision_radius2", "precision_at_k", "pr_curve", "num_queries",
+                         "num_database", "queries_without_relevant"}
+  assert report["num_queries"] == 30 and report["num_database"] == 200
+  assert report["queries_without_relevant"] == 1
+  assert set(report["map"]) == {"8", "16"} and set(report["map_at_k"]) == {"20"}
+  assert set(report["precision_at_k"]) == {"10", "50"}
+  for bits in (8, 16):
+    key = str(bits)
+    qb, xb = q[:, :bits], x[:, :bits]
+    assert report["map"][key] == pytest.approx(
+        metrics.mean_average_precision(qb, xb, ql, xl, **SMALL), abs=1e-7)
+    assert report["map_average_ties"][key] == pytest.approx(
+        metrics.mean_average_precision(qb, xb, ql, xl, ties="average", **SMALL), abs=1e-12)
+    assert report["map_at_k"]["20"][key] == pytest.approx(
+        metrics.mean_average_precision(qb, xb, ql, xl, top_k=20, **SMALL), abs=1e-7)
+    assert report["map_at_k_average_ties"]["20"][key] == pytest.approx(
+        metrics.mean_average_precision(qb, xb, ql, xl, top_k=20, ties="average", **SMALL),
+        abs=1e-12)
+    assert report["precision_radius2"][key] == pytest.approx(
+        metrics.precision_within_radius(qb, xb, ql, xl, **SMALL), abs=1e-12)
+    p_at_k = metrics.precision_at_k(qb, xb, ql, xl, ks=[10, 50], **SMALL)
+    assert [report["precision_at_k"][k][key] for k in ("10", "50")] == pytest.approx(p_at_k)
+    curve = report["pr_curve"][key]
+    assert len(curve["precision"]) == len(curve["recall"]) == bits + 1
+    assert curve["radius"] == list(range(bits + 1))
+    assert all(isinstance(v, float) for v in curve["precision"])
+  # Longer codes separate the four clusters better in this construction.
+  assert report["map"]["16"] > report["map"]["8"]
+
+
+def test_full_report_rejects_bad_prefix(code_sets):
+  q, x, ql, xl = code_sets
+  with pytest.raises(ValueError, match="prefix_lengths"):
+    metrics.full_report(q, x, ql, xl, prefix_lengths=[32])
+  assert reports.full_report is metrics.full_report
+
+
+def test_metric_plots_are_valid_pngs(code_sets, tmp_path):
+  q, x, ql, xl = code_sets
+  report = metrics.full_report(q, x, ql, xl, prefix_lengths=[8, 16], ks=(10, 50), top_k=(20,),
+                               **SMALL)
+  paths = reports.write_plots(report, str(tmp_path / "plots"))
+  assert [p.split("/")[-1] for p in paths] == ["pr_curve.png", "precision_at_k.png",
+                                               "map_vs_bits.png"]
+  for path in paths:
+    pixels = _open_png(path)
+    assert pixels.shape == (400, 550, 3)
+    assert pixels.std() > 5  # something was drawn
+  path = reports.plot_map_vs_bits({"a": {12: 0.5, 32: 0.7}}, str(tmp_path / "m.png"))
+  assert _open_png(path).shape == (400, 550, 3)
+  with pytest.raises(ValueError, match="precision"):
+    reports.plot_pr_curves({8: ([0.1, 0.2], [0.3])}, str(tmp_path / "bad.png"))
+
+
+def test_retrieval_grid_frames_relevance(tmp_path):
+  # Database image i is filled with grey level 10 * i; codes make the ranking of each query known.
+  n_db, size = 12, 8
+  db_images = np.stack([np.full((size, size, 3), 10 * i, np.uint8) for i in range(n_db)])
+  db_codes = np.zeros((n_db, 4), np.uint8)
+  db_codes[6:] = 1  # items 0-5 at distance 0 from query 0, items 6-11 at distance 4
+  db_labels = np.array([0, 1, 0, 1, 0, 1, 2, 2, 2, 2, 2, 2])
+  query_images = np.full((2, size, size), 200, np.uint8)  # grayscale queries are accepted
+  query_codes = np.array([[0, 0, 0, 0], [1, 1, 1, 1]], np.uint8)
+  query_labels = np.array([0, 2])
+  path = reports.retrieval_grid(query_images, query_codes, query_labels, db_images, db_codes,
+                                db_labels, str(tmp_path / "grid.png"), num_queries=8, top=3)
+  pixels = _open_png(path)
+  scale, border = 8, 4  # 8x8 images are enlarged to 64 px; border = 64 // 16
+  tile = size * scale + 2 * border
+  gap = 2 * border
+  assert pixels.shape == (2 * tile + border, tile + gap + 3 * tile + 2 * border, 3)
+  assert tuple(pixels[0, 0]) == reports.QUERY_FRAME
+  expected_rows = [[0, 1, 2], [6, 7, 8]]  # stable ties: lowest database index first
+  expected_rel = [[True, False, True], [True, True, True]]
+  for row in range(2):
+    y = row * (tile + border)
+    for j in range(3):
+      x = tile + gap + j * (tile + border)
+      frame = tuple(pixels[y, x])
+      assert frame == (reports.GREEN if expected_rel[row][j] else reports.RED)
+      centre = pixels[y + tile // 2, x + tile // 2]
+      assert centre[0] == 10 * expected_rows[row][j]
+
+
+def test_retrieval_grid_input_errors(tmp_path):
+  images = np.zeros((3, 4, 4, 3), np.uint8)
+  codes = np.zeros((3, 8), np.uint8)
+  labels = np.zeros(3, int)
+  with pytest.raises(ValueError, match="uint8"):
+    reports.retrieval_grid(images.astype(np.float32), codes, labels, images, codes, labels,
+                           str(tmp_path / "g.png"))
+  with pytest.raises(ValueError, match="db_labels has 2 rows"):
+    reports.retrieval_grid(images, codes, labels, images, codes, labels[:2],
+                           str(tmp_path / "g.png"))
