@@ -6,7 +6,8 @@ Times one DRLIH training step three ways on the same model and batch size:
               the device (`steps.device_resident_train_step`), plain `jax.jit`;
   sharded:    as resident, through the ("data",) mesh path `train.py` uses (replicated state, batch
               sharding constraint), on a mesh of `--devices` devices (1 by default).
-Each variant: compile, `--warmup` steps, then the median of `--repeats` timings of `--steps` steps.
+Each variant is compiled and warmed (`--warmup` steps); then the variants are timed round-robin,
+`--repeats` rounds of `--steps` steps each, and the median per-step time is reported.
 
     python bench/bench_step_overhead.py                       # ResNet-18-like, CIFAR-sized, batch 500
     python bench/bench_step_overhead.py --small               # a seconds-long CPU smoke run
@@ -58,20 +59,33 @@ def make_config(small: bool, objective: str, dtype: str):
   return config
 
 
-def timed(fn, state, args, steps, warmup, repeats):
-  state, _ = fn(state, *args)  # compile
-  jax.block_until_ready(state)
-  for _ in range(warmup):
-    state, _ = fn(state, *args)
-  jax.block_until_ready(state)
-  times = []
+def time_interleaved(variants, steps, warmup, repeats):
+  """Compiles and warms every variant, then times them round-robin so load drift hits all alike.
+
+  Args:
+    variants: list of (name, fn, state, args).
+
+  Returns:
+    [(name, (median, min, max) seconds per step)].
+  """
+  states = []
+  for _, fn, state, args in variants:
+    for _ in range(1 + warmup):
+      state, _ = fn(state, *args)
+    jax.block_until_ready(state)
+    states.append(state)
+  times = [[] for _ in variants]
   for _ in range(repeats):
-    start = time.perf_counter()
-    for _ in range(steps):
-      state, metrics = fn(state, *args)
-    jax.block_until_ready((state, metrics))
-    times.append((time.perf_counter() - start) / steps)
-  return float(np.median(times)), float(np.min(times)), float(np.max(times))
+    for v, (_, fn, _, args) in enumerate(variants):
+      state = states[v]
+      start = time.perf_counter()
+      for _ in range(steps):
+        state, metrics = fn(state, *args)
+      jax.block_until_ready((state, metrics))
+      times[v].append((time.perf_counter() - start) / steps)
+      states[v] = state
+  return [(name, (float(np.median(t)), float(np.min(t)), float(np.max(t))))
+          for (name, *_), t in zip(variants, times)]
 
 
 def main():
@@ -100,7 +114,6 @@ def main():
     return steps_lib.create_train_state(key, model, tx, (32, 32, 3), config)
 
   bound = dict(model=model, tx=tx, config=config)
-  rows = []
 
   # synthetic: a fixed normalised batch already on the device.
   data = input_pipeline.to_device(split, 10, config.input)
@@ -109,20 +122,19 @@ def main():
   fixed = sample(jax.random.key(1), data)
   fixed = {"image": fixed["image"], "label": fixed["label"]}
   synthetic = jax.jit(functools.partial(steps_lib.train_step, **bound), donate_argnums=0)
-  rows.append(("synthetic", timed(synthetic, fresh_state(), (fixed, key), args.steps, args.warmup, args.repeats)))
-
   resident = jax.jit(functools.partial(steps_lib.device_resident_train_step, **bound), donate_argnums=0)
-  rows.append(("resident", timed(resident, fresh_state(), (data, key), args.steps, args.warmup, args.repeats)))
-
   mesh = train.make_mesh(args.devices)
   replicated = NamedSharding(mesh, P())
   sharded_fn = jax.jit(functools.partial(steps_lib.device_resident_train_step, **bound,
                                          batch_sharding=NamedSharding(mesh, P("data"))), donate_argnums=0)
-  state = jax.device_put(fresh_state(), replicated)
   sharded_data = input_pipeline.to_device(split, 10, config.input, replicated)
-  rows.append((f"sharded ({mesh.size} dev)",
-               timed(sharded_fn, state, (sharded_data, jax.device_put(key, replicated)), args.steps, args.warmup,
-                     args.repeats)))
+  variants = [
+      ("synthetic", synthetic, fresh_state(), (fixed, key)),
+      ("resident", resident, fresh_state(), (data, key)),
+      (f"sharded ({mesh.size} dev)", sharded_fn, jax.device_put(fresh_state(), replicated),
+       (sharded_data, jax.device_put(key, replicated))),
+  ]
+  rows = time_interleaved(variants, args.steps, args.warmup, args.repeats)
 
   device = jax.devices()[0].device_kind
   base = rows[0][1][0]
