@@ -94,7 +94,8 @@ def run(args) -> dict:
 
   options = {k: v for k, v in dict(query_batch=args.query_batch, db_block=args.db_block,
                                    stable_chunk=args.stable_chunk, stable_block=args.stable_block,
-                                   hist_method=args.hist_method).items() if v is not None}
+                                   hist_method=args.hist_method,
+                                   stable_method=args.stable_method).items() if v is not None}
   t0 = time.perf_counter()
   q, x, ql, xl = make_data(args.queries, args.database, args.bits, args.classes, args.seed)
   print(f"data: {args.queries} x {args.database}, {args.bits} bits, {args.classes} classes "
@@ -158,6 +159,8 @@ def main(argv=None):
   parser.add_argument("--stable-chunk", type=int, default=None)
   parser.add_argument("--stable-block", type=int, default=None)
   parser.add_argument("--hist-method", choices=("scatter", "onehot"), default=None)
+  parser.add_argument("--stable-method", choices=("pairwise", "sequential"), default=None,
+                      help="stable kernel (default: sequential on CPU, pairwise on accelerators)")
   parser.add_argument("--child-output", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
 

@@ -71,12 +71,16 @@ walk the database in fixed-size blocks for a batch of queries, so memory is boun
    N(<d) + #(items at distance d with smaller index) + 1 and relevant-rank R(<d) + #(relevant items at
    distance d with smaller index) + 1. The kernel scans the database in index order in blocks of
    b items, keeps per-(query, distance) running counters of all and relevant items seen (initialised to
-   N(<d) and R(<d)), reads them with a gather, adds the within-block counts (pairwise comparisons
-   inside the block), and adds (relevant-rank / rank) for relevant items into per-query sums; cut-offs
-   top k are masks on the rank. Ranks and relevant-ranks are integers below 2^24, exact in float32;
+   N(<d) and R(<d)), reads them with a gather, adds the within-block counts, and adds
+   (relevant-rank / rank) for relevant items into per-query sums; cut-offs top k are masks on the
+   rank. Two variants (``stable_method``): "pairwise" reads the counters once per block and adds
+   within-block counts from pairwise comparisons inside the block (b^2 / 2 per query; the default on
+   accelerators); "sequential" reads and updates the counters once per item, unrolled within the block
+   (two memory operations per item and query, no comparisons; the default on CPU, where it is ~1.5x
+   faster). Ranks and relevant-ranks are integers below 2^24, exact in float32;
    each quotient is correctly rounded, the b quotients of a block are summed pairwise and the block
    sums are Kahan-compensated across blocks, so the relative error of a per-query sum (all terms are
-   positive) is at most about (log2(b) + 3) * 2^-24, i.e. < 5e-7 for b <= 32, whatever the database
+   positive) is at most about (log2(b) + 3) * 2^-24, i.e. < 6e-7 for b <= 64, whatever the database
    size; the division by R happens on the host in float64. Tests compare with float64 references at
    1e-6 (observed differences ~1e-9).
 """
@@ -348,6 +352,76 @@ def _stable_kernel(q_words, q_labels, hist, db_words, db_labels, ks, *, num_bits
   return s_all, c_all, s_k, c_k, count_k
 
 
+@functools.partial(jax.jit, static_argnames=("num_bits", "chunk", "block", "multi", "packed"))
+def _stable_kernel_sequential(q_words, q_labels, hist, db_words, db_labels, ks, *, num_bits: int,
+                              chunk: int, block: int, multi: bool, packed: bool):
+  """Stable-tie sums per query, one database item at a time (same contract as `_stable_kernel`).
+
+  Instead of resolving the items of a block by pairwise comparisons, the `block` items of a scan
+  step are applied one after the other (unrolled): item t gathers its counters (all, relevant) at
+  (distance, query) and adds itself back before item t+1 reads. Within one item the Q indices
+  distance * Q + query are distinct, so each gather / scatter has unique indices. Costs 2 memory ops
+  per (item, query) pair instead of block / 2 comparisons: on a 2-core CPU with 1,000 queries x
+  59,000 items this kernel took ~0.7x the time of the pairwise one (blocks of 32 vs 16).
+  """
+  num_q = q_words.shape[0]
+  bins = num_bits + 1
+  n_k = ks.shape[0]
+  base = jnp.cumsum(hist, axis=2) - hist  # (Q, 2, bins): N(<d), R(<d)
+  table0 = jnp.transpose(base, (2, 0, 1)).reshape(bins * num_q, 2)
+  if packed:
+    table0 = table0[:, 0] + (table0[:, 1] << 16)
+  q_index = jnp.arange(num_q, dtype=jnp.int32)
+  zeros_q = jnp.zeros((num_q,), jnp.float32)
+  zeros_kq = jnp.zeros((n_k, num_q), jnp.float32)
+
+  def block_step(carry, xs):
+    table, s_all, c_all, s_k, c_k, count_k = carry
+    rel, index = xs  # (b, Q) each
+    rel_int = rel.astype(jnp.int32)
+    terms, ranks = [], []
+    for t in range(block):
+      seen = table.at[index[t]].get(mode="promise_in_bounds", unique_indices=True)
+      if packed:
+        rank, rel_rank = (seen & 0xFFFF) + 1, (seen >> 16) + 1
+      else:
+        rank, rel_rank = seen[:, 0] + 1, seen[:, 1] + 1
+      terms.append(jnp.where(rel[t], rel_rank.astype(jnp.float32) / rank.astype(jnp.float32), 0.0))
+      ranks.append(rank)
+      # min(rank, 1) == 1 makes the update read the gather, so that XLA keeps the order gather ->
+      # in-place scatter instead of copying the table.
+      ones = jnp.minimum(rank, 1)
+      update = ones + (rel_int[t] << 16) if packed else jnp.stack([ones, rel_int[t]], axis=-1)
+      table = table.at[index[t]].add(update, mode="promise_in_bounds", unique_indices=True)
+    s_all, c_all = _kahan(s_all, c_all, _pairwise_sum(terms))
+    if n_k:
+      masked, hits = [], []
+      for t in range(block):
+        inside = ranks[t][None, :] <= ks[:, None]  # (n_k, Q)
+        masked.append(jnp.where(inside, terms[t][None, :], 0.0))
+        hits.append((inside & rel[t][None, :]).astype(jnp.int32))
+      s_k, c_k = _kahan(s_k, c_k, _pairwise_sum(masked))
+      count_k = count_k + _pairwise_sum(hits)
+    return (table, s_all, c_all, s_k, c_k, count_k), None
+
+  def chunk_step(carry, xs):
+    words, labels = xs
+    dist = _distances(words, q_words)  # (chunk, Q)
+    rel = _relevance(labels, q_labels, multi)
+    index = dist * num_q + q_index[None, :]
+    shape = (chunk // block, block, num_q)
+    carry, _ = jax.lax.scan(block_step, carry, (rel.reshape(shape), index.reshape(shape)))
+    return carry, None
+
+  carry0 = (table0, zeros_q, zeros_q, zeros_kq, zeros_kq, jnp.zeros((n_k, num_q), jnp.int32))
+  carry, _ = jax.lax.scan(chunk_step, carry0, _blocked(db_words, db_labels, chunk))
+  _, s_all, c_all, s_k, c_k, count_k = carry
+  return s_all, c_all, s_k, c_k, count_k
+
+
+STABLE_METHODS = ("pairwise", "sequential")
+
+
 # ----------------------------------------------------------------------------------------------
 # Statistics.
 
@@ -387,22 +461,25 @@ class HammingStatistics:
 
 
 def _default_sizes(backend: str):
-  """(query batch, histogram block, stable chunk, stable block, histogram method) for a backend.
+  """(query batch, histogram block, stable chunk, stable block, histogram method, stable method).
 
   Measured (BENCHMARKS.md): on one H200 at 10,000 x 1,000,000 x 64 bits, scatter histograms took
   0.21-0.24 s against 0.66 s for one-hot sums, and stable blocks of 32 items 0.86 s against 1.07 s
-  for 16 (64 compiled for 29 s); on the 2-core CPU blocks of 16 beat 8 and 32.
+  for 16 (64 compiled for 29 s). On the 2-core CPU (1,000 x 59,000 x 64 bits) the pairwise stable
+  kernel was fastest with blocks of 16 (vs 8 and 32); the sequential kernel with blocks of 32 took
+  ~0.7x its time (64: same speed but 3.7 s to compile against 2.1 s; 128: 2.7x slower; 8: 1.7x
+  slower). The sequential kernel is unmeasured on accelerators, which keep the pairwise one.
   """
   if backend == "cpu":
-    return 2048, 256, 1024, 16, "scatter"
-  return 16384, 256, 1024, 32, "scatter"
+    return 2048, 256, 1024, 32, "scatter", "sequential"
+  return 16384, 256, 1024, 32, "scatter", "pairwise"
 
 
 def hamming_statistics(query_codes, db_codes, query_labels, db_labels, *, ks: Sequence[int] = (),
                        stable: bool = True, query_batch: int | None = None,
                        db_block: int | None = None, stable_chunk: int | None = None,
-                       stable_block: int | None = None,
-                       hist_method: str | None = None) -> HammingStatistics:
+                       stable_block: int | None = None, hist_method: str | None = None,
+                       stable_method: str | None = None) -> HammingStatistics:
   """Computes the per-query distance histograms and (optionally) the stable-tie sums.
 
   Args:
@@ -417,10 +494,11 @@ def hamming_statistics(query_codes, db_codes, query_labels, db_labels, *, ks: Se
       stable_block).
     stable_chunk: database items whose distances the stable kernel materialises at once
       (default 1024; rounded up to a multiple of db_block).
-    stable_block: database items per stable-rank step, 1..64 (default 16 on CPU, 32 on
-      accelerators);
-      the step compares the items of a block pairwise (block^2 / 2 comparisons per query).
+    stable_block: database items per stable-rank step, 1..64 (default 32); with stable_method="pairwise" the step compares the items of a block pairwise
+      (block^2 / 2 comparisons per query), with "sequential" it applies them one by one (unrolled).
     hist_method: "scatter" (default) or "onehot".
+    stable_method: "sequential" (default on CPU) or "pairwise" (default on accelerators); both
+      compute the same sums (see `_stable_kernel` and `_stable_kernel_sequential`).
 
   Returns:
     HammingStatistics.
@@ -441,12 +519,15 @@ def hamming_statistics(query_codes, db_codes, query_labels, db_labels, *, ks: Se
   if any(k < 1 for k in ks):
     raise ValueError(f"ks must be >= 1, got {ks}")
   ks = tuple(min(k, num_db) for k in ks)
-  d_qb, d_block, d_chunk, d_sblock, d_method = _default_sizes(jax.default_backend())
+  d_qb, d_block, d_chunk, d_sblock, d_method, d_smethod = _default_sizes(jax.default_backend())
   query_batch = min(int(query_batch or d_qb), num_q)
   db_block = int(db_block or d_block)
   stable_block = int(stable_block or d_sblock)
   stable_chunk = int(stable_chunk or d_chunk)
   hist_method = hist_method or d_method
+  stable_method = stable_method or d_smethod
+  if stable_method not in STABLE_METHODS:
+    raise ValueError(f"stable_method must be one of {STABLE_METHODS}, got {stable_method!r}")
   if hist_method not in ("scatter", "onehot"):
     raise ValueError(f"hist_method must be 'scatter' or 'onehot', got {hist_method!r}")
   if not 1 <= stable_block <= 64:
@@ -483,9 +564,9 @@ def hamming_statistics(query_codes, db_codes, query_labels, db_labels, *, ks: Se
                              multi=labels.multi, method=hist_method)
     out = None
     if stable:
-      out = _stable_kernel(qw, ql, hist, x_words, x_labels, ks_arr, num_bits=num_bits,
-                           chunk=stable_chunk, block=stable_block, multi=labels.multi,
-                           packed=padded < 2**16)
+      kernel = _stable_kernel if stable_method == "pairwise" else _stable_kernel_sequential
+      out = kernel(qw, ql, hist, x_words, x_labels, ks_arr, num_bits=num_bits, chunk=stable_chunk,
+                   block=stable_block, multi=labels.multi, packed=padded < 2**16)
     pending.append((stop - start, hist, out))
   hist_parts, sums, sums_k, rels_k = [], [], [], []
   for rows, hist, out in pending:

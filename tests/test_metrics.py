@@ -167,7 +167,8 @@ def test_stable_ap_equals_sklearn_with_index_tiebreak():
 
 
 def test_default_kernel_sizes_and_onehot_agree_with_bruteforce():
-  # Default block sizes (a 1024-item chunk, 16-item blocks) with a database that needs padding.
+  # Default block sizes (a 1024-item chunk, 32-item blocks; on CPU the sequential stable kernel)
+  # with a database that needs padding.
   rng = np.random.default_rng(3)
   q, x = tied_codes(rng, 40, 32), tied_codes(rng, 2500, 32)
   ql, xl = rng.integers(0, 10, 40), rng.integers(0, 10, 2500)
@@ -180,6 +181,47 @@ def test_default_kernel_sizes_and_onehot_agree_with_bruteforce():
   onehot = metrics.hamming_statistics(q, x, ql, xl, stable=False, hist_method="onehot")
   np.testing.assert_array_equal(onehot.hist_all, stats.hist_all)
   np.testing.assert_array_equal(onehot.hist_rel, stats.hist_rel)
+
+
+@pytest.mark.parametrize("method", ["pairwise", "sequential"])
+def test_stable_methods_match_bruteforce(method):
+  # Both stable kernels, explicitly (the default depends on the backend), on single-label and
+  # multi-label data with a cut-off, including a block size that does not divide the database.
+  rng = np.random.default_rng(13)
+  q, x = tied_codes(rng, 19, 40), tied_codes(rng, 277, 40)
+  ql, xl = rng.integers(0, 4, 19), rng.integers(0, 4, 277)
+  mq = (rng.random((19, 9)) < 0.2).astype(np.uint8)
+  mx = (rng.random((277, 9)) < 0.2).astype(np.uint8)
+  options = dict(SMALL, stable_block=8, stable_method=method)
+  for labels_q, labels_x in ((ql, xl), (mq, mx)):
+    stats = metrics.hamming_statistics(q, x, labels_q, labels_x, ks=(1, 45, 277), **options)
+    for k in (None, 1, 45):
+      ref_ap, ref_p = ref_stable(q, x, labels_q, labels_x, k)
+      got = metrics.map_from_statistics(stats, top_k=k).average_precision
+      np.testing.assert_allclose(got, ref_ap, rtol=0, atol=1e-6)
+      if k is not None:
+        p = metrics.precision_at_k_from_statistics(stats, [k])[:, 0]
+        np.testing.assert_allclose(p, ref_p, rtol=0, atol=1e-12)
+
+
+def test_default_stable_method_per_backend_and_validation():
+  # Accelerator defaults are the measured GPU settings (pairwise blocks of 32), unchanged.
+  assert metrics._default_sizes("gpu") == (16384, 256, 1024, 32, "scatter", "pairwise")
+  assert metrics._default_sizes("cpu") == (2048, 256, 1024, 32, "scatter", "sequential")
+  q, x = np.zeros((2, 8), np.uint8), np.zeros((5, 8), np.uint8)
+  with pytest.raises(ValueError, match="stable_method must be one of"):
+    metrics.hamming_statistics(q, x, np.zeros(2, int), np.zeros(5, int), stable_method="sort")
+
+
+@pytest.mark.parametrize("method", ["pairwise", "sequential"])
+def test_both_stable_methods_unpacked_counters(method):
+  # A padded database of >= 2^16 items switches both kernels to unpacked (two-column) counters.
+  rng = np.random.default_rng(14)
+  q, x = tied_codes(rng, 3, 6, flip=0.3), tied_codes(rng, 70_000, 6, flip=0.3)
+  ql, xl = rng.integers(0, 3, 3), rng.integers(0, 3, 70_000)
+  ref_ap, _ = ref_stable(q, x, ql, xl)
+  got = metrics.compute_map(q, x, ql, xl, stable_method=method).average_precision
+  np.testing.assert_allclose(got, ref_ap, rtol=0, atol=1e-6)
 
 
 def test_float32_sums_are_accurate_on_a_large_tied_database():

@@ -225,3 +225,19 @@ def test_smoke_mock_tfds_cifar10(tmp_path):
     report = json.load(f)
   assert report["num_queries"] == 60 and report["num_database"] == 120
   assert 0.0 < report["map"]["16"] <= 1.0
+
+
+def test_encoded_codes_search_with_faiss(trained):
+  """The encode mode's packed rows are what faiss's binary indexes take (README example)."""
+  faiss = pytest.importorskip("faiss", reason="faiss-cpu (extra 'faiss') is not installed")
+  config, workdir, _ = trained
+  db = np.load(train.encode_checkpoint(config, workdir, "database"))
+  q = np.load(train.encode_checkpoint(config, workdir, "query"))
+  index = faiss.IndexBinaryFlat(int(db["bits"]))
+  index.add(db["codes"])
+  distances, neighbours = index.search(q["codes"], 5)
+  unpacked_db = np.unpackbits(db["codes"], axis=1)[:, :16]
+  unpacked_q = np.unpackbits(q["codes"], axis=1)[:, :16]
+  expected = (unpacked_q[:, None, :] != unpacked_db[None, :, :]).sum(-1)
+  np.testing.assert_array_equal(distances, np.sort(expected, axis=1)[:, :5])
+  np.testing.assert_array_equal(np.take_along_axis(expected, neighbours.astype(np.int64), 1), distances)
