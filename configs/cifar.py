@@ -1,8 +1,13 @@
 r"""CIFAR-10 in the paper's setting: VGG-19-BN, the released code's objective ("official"), 224 views.
 
     python -m drlih_jax.main --config=configs/cifar.py --workdir=runs/cifar_official_32 \
-      --config.dataset.root=/path/to/cifar10 --config.model.pretrained=/path/to/vgg19_bn.safetensors \
+      --config.model.pretrained=/path/to/vgg19_bn.safetensors \
       --config.hash.bits=32          # 12, 24, 32 or 48 as in the paper
+
+The data comes from the official tfds `cifar10` (downloaded and prepared into the tfds data dir on first
+use, where the internet is reachable). To read a class-folder tree instead (e.g. the JPEG copy of
+CIFAR-10, `<root>/{train,test}/<class>/*.jpg`), add
+`--config.dataset.source=folder --config.dataset.root=/path/to/cifar10`.
 
 What matches the released code (ALGORITHM.md, "What the authors' released code does"):
 * VGG-19-BN (ImageNet weights from `model.pretrained`, a torchvision/timm safetensors file; "" trains from
@@ -30,13 +35,13 @@ from configs import default
 
 
 def get_config():
-  """CIFAR-10 (cifar10-1, class-folder source), VGG-19-BN, objective "official", 32 bits."""
+  """CIFAR-10 (cifar10-1, official tfds source), VGG-19-BN, objective "official", 32 bits."""
   config = default.get_config()
   config.objective = "official"
 
   config.dataset.name = "cifar10-1"
-  config.dataset.source = "folder"
-  config.dataset.root = ""                         # set: a class-folder tree <root>/{train,test}/<class>/*.jpg
+  config.dataset.source = "tfds"                   # or "folder" with dataset.root = <root>/{train,test}/<class>/
+  config.dataset.root = ""
   config.dataset.loader = "auto"
   config.dataset.mean = (0.485, 0.456, 0.406)      # ImageNet statistics, as the released code
   config.dataset.std = (0.229, 0.224, 0.225)

@@ -1,7 +1,7 @@
 r"""CIFAR-10 with the paper-scale backbone and this project's DRLIH objective (ALGORITHM.md items 1-8).
 
     python -m drlih_jax.main --config=configs/cifar_drlih.py --workdir=runs/cifar_drlih_32 \
-      --config.dataset.root=/path/to/cifar10 --config.model.pretrained=/path/to/vgg19_bn.safetensors
+      --config.model.pretrained=/path/to/vgg19_bn.safetensors  # data: as configs/cifar.py
 
 Everything of `configs/cifar.py` (VGG-19-BN, 256 -> 224 views, SGD schedule, cifar10-1, 48 images per step)
 except the objective: policy gradient over M = 4 sampled rollouts with the "batch" reward plus the triplet
