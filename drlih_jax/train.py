@@ -16,6 +16,7 @@ import time
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
@@ -116,6 +117,9 @@ def _write_config(workdir: str, config) -> None:
     json.dump(current, f, indent=1, sort_keys=True, default=str)
 
 
+STOP_SYNC_EVERY = 10
+
+
 class _StopRequest:
   """Turns SIGTERM/SIGINT into a flag the loop checks between steps (checkpoint, then exit 0)."""
 
@@ -135,6 +139,21 @@ class _StopRequest:
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+
+  def agreed(self, step: int) -> bool:
+    """Whether every process stops after `step`.
+
+    One process: as soon as a signal arrived. Several: every `STOP_SYNC_EVERY` steps the processes share
+    their flags (a small all-gather), so all of them save the same step collectively and exit together,
+    whichever process the signal reached.
+    """
+    local = self.signal is not None
+    if jax.process_count() == 1:
+      return local
+    if step % STOP_SYNC_EVERY:
+      return False
+    flags = multihost_utils.process_allgather(np.array([local], np.int32))
+    return bool(np.any(flags))
 
 
 def train_and_evaluate(config, workdir: str):
@@ -194,8 +213,9 @@ def train_and_evaluate(config, workdir: str):
         checkpointing.save(manager, state, step)
       if config.train.eval_every and step % config.train.eval_every == 0 and step < total:
         _evaluate_and_log(setup, state, step, writer, plots=False)
-      if stop.signal is not None:
-        logging.warning("Received signal %d at step %d: saving a checkpoint and exiting", stop.signal, step)
+      if stop.agreed(step):
+        logging.warning("Received signal %s at step %d: saving a checkpoint and exiting",
+                        stop.signal or "(on another process)", step)
         checkpointing.save(manager, state, step)
         manager.wait_until_finished()
         writer.close()

@@ -93,6 +93,38 @@ def test_two_processes_match_one_process(tmp_path):
   assert sorted(os.listdir(workdir / "checkpoints")) == ["4", "8"]
 
 
+def _two_process_run(workdir, out, common):
+  port = _free_port()
+  return [subprocess.Popen([sys.executable, RUNNER, str(workdir), str(out), *common], cwd=REPO,
+                           env=_env(1, DRLIH_COORDINATOR=f"localhost:{port}", DRLIH_NUM_PROCESSES="2",
+                                    DRLIH_PROCESS_ID=str(i)),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
+  common = ("train.steps=40", "train.checkpoint_every=25", "train.log_every=10")
+  _run(tmp_path / "single", tmp_path / "single.npz", *common, devices=2)
+  workdir = tmp_path / "multi"
+  procs = _two_process_run(workdir, tmp_path / "multi.npz", common)
+  deadline = time.time() + 300
+  while time.time() < deadline and not (workdir / "tensorboard").exists():
+    time.sleep(0.05)
+  time.sleep(1.0)
+  procs[1].send_signal(signal.SIGTERM)  # only process 1 is told
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+  saved = sorted(int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit())
+  assert saved and saved[-1] < 40 and saved[-1] % 10 == 0, saved  # a common sync step, before the end
+  assert all("saving a checkpoint and exiting" in err for _, err in outs)
+  procs = _two_process_run(workdir, tmp_path / "multi.npz", common)
+  for p in procs:
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+  single, multi = _params(tmp_path / "single.npz"), _params(tmp_path / "multi.npz")
+  worst = max(float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12)) for a, b in zip(multi, single))
+  assert worst < 1e-5, worst
+
+
 def _interrupt_and_resume(tmp_path, sig):
   common = ("train.steps=60", "train.checkpoint_every=5", "train.log_every=10")
   _run(tmp_path / "full", tmp_path / "full.npz", *common)
