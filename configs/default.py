@@ -33,8 +33,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.mean = (0.5,)
   config.dataset.std = (0.25,)
 
-  # Device-resident input pipeline.
+  # Input pipeline: "resident" (the training split on the device as uint8, batches drawn and augmented in
+  # the jitted step) or "streaming" (tf.data decodes and augments this process's shard on the host).
   config.input = ml_collections.ConfigDict()
+  config.input.mode = "resident"
   config.input.classes_per_batch = 10     # classes drawn per batch (single-label data)
   config.input.images_per_class = 8       # images per drawn class
   config.input.augment = ""               # "" | "crop_flip"

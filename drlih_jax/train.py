@@ -175,14 +175,9 @@ def train_and_evaluate(config, workdir: str):
   else:
     logging.info("Resumed from checkpoint step %d in %s", restored_step, workdir)
 
-  device_data = input_pipeline.to_device(setup.data.train, setup.data.num_classes, config.input,
-                                         setup.replicated)
-  step_fn = jax.jit(
-      functools.partial(_keyed_step, model=setup.model, tx=setup.tx, config=config,
-                        batch_sharding=setup.batch_sharding),
-      donate_argnums=0)
   base_key = input_pipeline.put_global(
       jax.random.key_data(jax.random.fold_in(jax.random.key(config.seed), 1)), setup.replicated)
+  next_step = _make_input_and_step(setup, int(jax.device_get(state.step)), base_key)
   writer = summary.MetricWriter(workdir)
   total = config.train.steps
   step = int(jax.device_get(state.step))
@@ -193,7 +188,7 @@ def train_and_evaluate(config, workdir: str):
   guard = _NonfiniteGuard(config.train.max_nonfinite_in_a_row, writer)
   with _StopRequest() as stop:
     while step < total:
-      state, metrics = step_fn(state, device_data, base_key)
+      state, metrics = next_step(state)
       step += 1
       guard.check(step, metrics)  # Reads the previous step's flag: the device stays one step ahead.
       if step % config.train.log_every == 0 or step == total:
@@ -255,6 +250,68 @@ class _NonfiniteGuard:
       raise FloatingPointError(
           f"{self.in_a_row} non-finite updates in a row, the last at step {prev_step} "
           f"(train.max_nonfinite_in_a_row={self.limit}); lower optim.learning_rate or set optim.grad_clip")
+
+
+INPUT_MODES = ("resident", "streaming")
+
+
+def _make_input_and_step(setup, start_step: int, base_key):
+  """Returns `next_step(state) -> (state, metrics)` for the configured input mode.
+
+  "resident": the training split lives on the device and each step draws its batch inside the jitted
+  step. "streaming": `tf.data` (drlih_jax/data/streaming.py) reads this process's shard of the training
+  set, decodes and augments on the host in a resumable order starting at `start_step`; the per-process
+  batches are assembled into one global batch sharded over the mesh.
+  """
+  config = setup.config
+  mode = config.input.get("mode", "resident")
+  if mode not in INPUT_MODES:
+    raise ValueError(f"input.mode must be one of {INPUT_MODES}, got {mode!r}")
+  bound = dict(model=setup.model, tx=setup.tx, config=config)
+  if mode == "resident":
+    device_data = input_pipeline.to_device(setup.data.train, setup.data.num_classes, config.input,
+                                           setup.replicated)
+    step_fn = jax.jit(functools.partial(_keyed_step, **bound, batch_sharding=setup.batch_sharding),
+                      donate_argnums=0)
+    return lambda state: step_fn(state, device_data, base_key)
+
+  from drlih_jax.data import streaming  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+  iterator = streaming.make_train_iterator(streaming_config(config), jax.process_index(),
+                                           jax.process_count(), start_step=start_step)
+  step_fn = jax.jit(functools.partial(_streamed_step, **bound), donate_argnums=0)
+
+  def next_step(state):
+    local = next(iterator)
+    batch = {k: jax.make_array_from_process_local_data(setup.batch_sharding, np.asarray(local[k]))
+             for k in ("image", "label")}
+    return step_fn(state, batch, base_key)
+  return next_step
+
+
+def streaming_config(config) -> dict:
+  """The streaming iterator's settings from the run config (same batch layout and augmentation)."""
+  input_config = config.input
+  if input_config.get("resize") and input_config.get("crop"):
+    augment = "resize_crop_flip"
+  elif input_config.augment == "crop_flip":
+    augment = "pad_crop_flip"
+  elif not input_config.augment:
+    augment = "none"
+  else:
+    raise ValueError(f"input.augment must be '' or 'crop_flip', got {input_config.augment!r}")
+  return dict(dataset=config.dataset, batch_size=input_pipeline.batch_size(input_config), seed=config.seed,
+              augment=augment, pad=input_config.crop_padding, resize_size=input_config.get("resize") or 256,
+              crop_size=input_config.get("crop") or 224, image_dtype="uint8", sampler="class_balanced",
+              classes_per_batch=input_config.classes_per_batch,
+              images_per_class=input_config.images_per_class)
+
+
+def _streamed_step(state, batch, base_key, *, model, tx, config):
+  """A step on a host-augmented uint8 batch: normalise on the device, then `train_step`."""
+  rng = jax.random.fold_in(jax.random.wrap_key_data(base_key), state.step)
+  images = input_pipeline.normalize(batch["image"], config.dataset.mean, config.dataset.std)
+  return steps_lib.train_step(state, {"image": images, "label": batch["label"]}, rng, model=model, tx=tx,
+                              config=config)
 
 
 def _keyed_step(state, data, base_key, *, model, tx, config, batch_sharding):

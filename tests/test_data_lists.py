@@ -233,3 +233,28 @@ def test_protocol_width_is_enforced(tmp_path):
   config = _config(name="nuswide_21", root=str(tmp_path), list_dir=str(list_dir))
   with pytest.raises(ValueError, match=r"test\.txt line 1: expected 21 labels, got 20"):
     protocols.load_retrieval_data(config)
+
+
+@pytest.mark.parametrize("name,width", [("coco", 80), ("imagenet100", 100), ("voc2012", 20)])
+def test_other_list_presets(tmp_path, name, width):
+  """MS-COCO, ImageNet-100 and VOC2012 presets: label width enforced, database.txt required and used."""
+  rng = np.random.default_rng(width)
+  list_dir = tmp_path / "lists"
+  list_dir.mkdir()
+  names = {split: [f"img/{split}_{k}.png" for k in range(count)]
+           for split, count in (("train", 4), ("test", 2), ("database", 5))}
+  labels = {}
+  for split, files in names.items():
+    rows = np.zeros((len(files), width), np.uint8)
+    rows[np.arange(len(files)), rng.integers(0, width, len(files))] = 1
+    labels[split] = rows
+    (list_dir / f"{split}.txt").write_text(
+        "".join(f"{f} {' '.join(map(str, r))}\n" for f, r in zip(files, rows)))
+  _make_images(str(tmp_path), [f for files in names.values() for f in files], rng)
+  data = protocols.load_retrieval_data(_config(name=name, root=str(tmp_path), list_dir=str(list_dir)))
+  assert (len(data.train), len(data.query), len(data.database)) == (4, 2, 5)
+  assert data.num_classes == width and data.database.labels.shape == (5, width)
+  np.testing.assert_array_equal(data.database.labels, labels["database"])
+  (list_dir / "database.txt").unlink()
+  with pytest.raises((ValueError, FileNotFoundError), match="database"):
+    protocols.load_retrieval_data(_config(name=name, root=str(tmp_path), list_dir=str(list_dir)))

@@ -241,3 +241,35 @@ def test_encoded_codes_search_with_faiss(trained):
   expected = (unpacked_q[:, None, :] != unpacked_db[None, :, :]).sum(-1)
   np.testing.assert_array_equal(distances, np.sort(expected, axis=1)[:, :5])
   np.testing.assert_array_equal(np.take_along_axis(expected, neighbours.astype(np.int64), 1), distances)
+
+
+def _streaming_config(root, data_dir, **overrides):
+  values = {
+      "dataset.name": "folder", "dataset.source": "folder", "dataset.root": root, "dataset.data_dir": data_dir,
+      "dataset.loader": "pillow", "dataset.mean": (0.49, 0.48, 0.45), "dataset.std": (0.25, 0.24, 0.26),
+      "input.mode": "streaming", "input.classes_per_batch": 5, "input.images_per_class": 4,
+      "input.augment": "crop_flip", "train.steps": 12, "train.checkpoint_every": 4, "train.log_every": 4,
+      "train.eval_batch_size": 64}
+  values.update(overrides)
+  return small_config(**values)
+
+
+def test_streaming_mode_trains_and_resumes_exactly(tmp_path, tmp_path_factory):
+  """tf.data streaming on real CIFAR JPEGs: a run resumed from a checkpoint equals an uninterrupted one."""
+  pytest.importorskip("tensorflow_datasets", reason="tensorflow_datasets not installed")
+  from tests import test_data_support  # pylint: disable=g-import-not-at-top
+  root = test_data_support.cifar_subset(tmp_path_factory)
+  data_dir = str(tmp_path / "tfds")
+  config = _streaming_config(root, data_dir)
+  full = train.train_and_evaluate(config, str(tmp_path / "full"))
+  assert int(full.step) == 12 and os.path.exists(tmp_path / "full" / "eval_12.json")
+  part_dir = tmp_path / "part"
+  train.train_and_evaluate(config, str(part_dir))
+  import shutil  # pylint: disable=g-import-not-at-top
+  for step in ("8", "12"):
+    shutil.rmtree(part_dir / "checkpoints" / step)
+  resumed = train.train_and_evaluate(config, str(part_dir))  # restarts the stream at step 4
+  for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(full.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(ValueError, match="input.mode must be one of"):
+    train.train_and_evaluate(_streaming_config(root, data_dir, **{"input.mode": "disk"}), str(tmp_path / "bad"))

@@ -17,6 +17,8 @@
     mirflickr needs all three files. nuswide_21 as shipped here has only train.txt and test.txt; when
     database.txt is absent the database is the training set (train.txt), which is logged. (DeepHash-pytorch
     ships a nus_wide_21 database.txt; put it in `list_dir` to use it.)
+  - "coco" (MS-COCO, 80 labels), "imagenet100" (ImageNet-100, 100 one-hot labels) and "voc2012" (20 labels):
+    DeepHash-pytorch list files, train.txt / test.txt / database.txt all required, as for mirflickr.
   - "list": generic list files, like nuswide_21 with the label width taken from the first line.
   - "digits": the embedded sklearn digits (`drlih_jax.data.digits`).
 * `source`: "tfds" (the official tfds `cifar10` builder; cifar10* protocols only), "folder" (class-folder
@@ -53,7 +55,8 @@ from drlih_jax.data import image_io
 from drlih_jax.data.types import RetrievalData
 from drlih_jax.data.types import Split
 
-PROTOCOLS = ("digits", "cifar10", "cifar10-1", "cifar10-2", "nuswide_21", "mirflickr", "folder", "list")
+PROTOCOLS = ("digits", "cifar10", "cifar10-1", "cifar10-2", "nuswide_21", "mirflickr", "coco", "imagenet100",
+             "voc2012", "folder", "list")
 SOURCES = {
     "digits": ("digits",),
     "cifar10": ("tfds", "folder"),
@@ -62,11 +65,16 @@ SOURCES = {
     "folder": ("folder",),
     "nuswide_21": ("list",),
     "mirflickr": ("list",),
+    "coco": ("list",),
+    "imagenet100": ("list",),
+    "voc2012": ("list",),
     "list": ("list",),
 }
 LOADERS = ("auto", "tfds", "pillow")
-LABEL_WIDTHS = {"nuswide_21": 21, "mirflickr": 38}
+LABEL_WIDTHS = {"nuswide_21": 21, "mirflickr": 38, "coco": 80, "imagenet100": 100, "voc2012": 20}
 REQUIRED_LISTS = {"nuswide_21": ("train", "test"), "mirflickr": ("train", "test", "database"),
+                  "coco": ("train", "test", "database"), "imagenet100": ("train", "test", "database"),
+                  "voc2012": ("train", "test", "database"),
                   "list": ("train", "test")}
 QUERIES_PER_CLASS = 100
 TRAIN_PER_CLASS = 500
