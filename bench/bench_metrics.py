@@ -159,8 +159,9 @@ def main(argv=None):
   parser.add_argument("--stable-chunk", type=int, default=None)
   parser.add_argument("--stable-block", type=int, default=None)
   parser.add_argument("--hist-method", choices=("scatter", "onehot"), default=None)
-  parser.add_argument("--stable-method", choices=("pairwise", "sequential"), default=None,
-                      help="stable kernel (default: sequential on CPU, pairwise on accelerators)")
+  parser.add_argument("--stable-method", choices=("pairwise", "sequential", "numba"), default=None,
+                      help="statistics kernel (default: numba on CPU where installed, else sequential; "
+                           "pairwise on accelerators)")
   parser.add_argument("--child-output", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
 

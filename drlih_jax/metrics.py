@@ -77,7 +77,10 @@ walk the database in fixed-size blocks for a batch of queries, so memory is boun
    within-block counts from pairwise comparisons inside the block (b^2 / 2 per query; the default on
    accelerators); "sequential" reads and updates the counters once per item, unrolled within the block
    (two memory operations per item and query, no comparisons; the default on CPU, where it is ~1.5x
-   faster). Ranks and relevant-ranks are integers below 2^24, exact in float32;
+   faster). On the CPU, where numba is installed, `metrics_numba` replaces both kernels with one pass per
+   query (histogram and rank bookkeeping together, rank offsets applied after the walk; float64 sums):
+   0.06 s instead of 0.16 s at 1,000 x 59,000 x 64 bits. Ranks and relevant-ranks are integers below
+   2^24, exact in float32;
    each quotient is correctly rounded, the b quotients of a block are summed pairwise and the block
    sums are Kahan-compensated across blocks, so the relative error of a per-query sum (all terms are
    positive) is at most about (log2(b) + 3) * 2^-24, i.e. < 6e-7 for b <= 64, whatever the database
@@ -419,7 +422,7 @@ def _stable_kernel_sequential(q_words, q_labels, hist, db_words, db_labels, ks, 
   return s_all, c_all, s_k, c_k, count_k
 
 
-STABLE_METHODS = ("pairwise", "sequential")
+STABLE_METHODS = ("pairwise", "sequential", "numba")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -471,7 +474,8 @@ def _default_sizes(backend: str):
   slower). The sequential kernel is unmeasured on accelerators, which keep the pairwise one.
   """
   if backend == "cpu":
-    return 2048, 256, 1024, 32, "scatter", "sequential"
+    from drlih_jax import metrics_numba  # pylint: disable=g-import-not-at-top
+    return 2048, 256, 1024, 32, "scatter", "numba" if metrics_numba.available() else "sequential"
   return 16384, 256, 1024, 32, "scatter", "pairwise"
 
 
@@ -497,8 +501,10 @@ def hamming_statistics(query_codes, db_codes, query_labels, db_labels, *, ks: Se
     stable_block: database items per stable-rank step, 1..64 (default 32); with stable_method="pairwise" the step compares the items of a block pairwise
       (block^2 / 2 comparisons per query), with "sequential" it applies them one by one (unrolled).
     hist_method: "scatter" (default) or "onehot".
-    stable_method: "sequential" (default on CPU) or "pairwise" (default on accelerators); both
-      compute the same sums (see `_stable_kernel` and `_stable_kernel_sequential`).
+    stable_method: "numba" (default on CPU where numba is installed: histograms and stable ranks in
+      one pass, `metrics_numba`), "sequential" (CPU default without numba) or "pairwise" (default on
+      accelerators); all compute the same statistics (see `_stable_kernel`,
+      `_stable_kernel_sequential`, `metrics_numba`). "numba" ignores the block and batch sizes.
 
   Returns:
     HammingStatistics.
@@ -539,6 +545,15 @@ def hamming_statistics(query_codes, db_codes, query_labels, db_labels, *, ks: Se
   # small databases shrink the blocks instead of padding a lot.
   db_block = _round_up(min(db_block, num_db), stable_block)
   stable_chunk = _round_up(min(stable_chunk, num_db), db_block)
+
+  if stable_method == "numba":
+    from drlih_jax import metrics_numba  # pylint: disable=g-import-not-at-top
+    hist_all, hist_rel, sums, sums_k, rel_k = metrics_numba.statistics(
+        q, x, labels.query, labels.database, labels.multi, ks)
+    return HammingStatistics(
+        num_bits=num_bits, num_database=num_db, hist_all=hist_all, hist_rel=hist_rel, ks=ks,
+        stable_sum=sums if stable else None, stable_sum_at_k=sums_k if stable else None,
+        stable_rel_at_k=rel_k if stable else None)
 
   q_words = pack_bits(q)
   # Pad the database to a multiple of both block sizes with all-zero codes whose labels match no

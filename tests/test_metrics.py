@@ -183,7 +183,7 @@ def test_default_kernel_sizes_and_onehot_agree_with_bruteforce():
   np.testing.assert_array_equal(onehot.hist_rel, stats.hist_rel)
 
 
-@pytest.mark.parametrize("method", ["pairwise", "sequential"])
+@pytest.mark.parametrize("method", ["pairwise", "sequential", "numba"])
 def test_stable_methods_match_bruteforce(method):
   # Both stable kernels, explicitly (the default depends on the backend), on single-label and
   # multi-label data with a cut-off, including a block size that does not divide the database.
@@ -207,13 +207,15 @@ def test_stable_methods_match_bruteforce(method):
 def test_default_stable_method_per_backend_and_validation():
   # Accelerator defaults are the measured GPU settings (pairwise blocks of 32), unchanged.
   assert metrics._default_sizes("gpu") == (16384, 256, 1024, 32, "scatter", "pairwise")
-  assert metrics._default_sizes("cpu") == (2048, 256, 1024, 32, "scatter", "sequential")
+  from drlih_jax import metrics_numba  # pylint: disable=g-import-not-at-top
+  cpu_method = "numba" if metrics_numba.available() else "sequential"
+  assert metrics._default_sizes("cpu") == (2048, 256, 1024, 32, "scatter", cpu_method)
   q, x = np.zeros((2, 8), np.uint8), np.zeros((5, 8), np.uint8)
   with pytest.raises(ValueError, match="stable_method must be one of"):
     metrics.hamming_statistics(q, x, np.zeros(2, int), np.zeros(5, int), stable_method="sort")
 
 
-@pytest.mark.parametrize("method", ["pairwise", "sequential"])
+@pytest.mark.parametrize("method", ["pairwise", "sequential", "numba"])
 def test_both_stable_methods_unpacked_counters(method):
   # A padded database of >= 2^16 items switches both kernels to unpacked (two-column) counters.
   rng = np.random.default_rng(14)
@@ -446,3 +448,20 @@ def test_precision_recall_curve_matches_bruteforce():
     assert precision[r] == pytest.approx(p.mean(), abs=1e-12)
     assert recall[r] == pytest.approx(rc.mean(), abs=1e-12)
   assert recall[-1] == pytest.approx(13 / 14)
+
+
+def test_numba_statistics_equal_xla_kernels():
+  """The one-pass numba kernel gives the XLA kernels' histograms exactly and their sums to 1e-6."""
+  pytest.importorskip("numba", reason="numba is not installed")
+  rng = np.random.default_rng(21)
+  for bits in (12, 65):  # one word and a partial second 64-bit word
+    q, x = tied_codes(rng, 23, bits), tied_codes(rng, 501, bits)
+    for ql, xl in ((rng.integers(0, 5, 23), rng.integers(0, 5, 501)),
+                   ((rng.random((23, 7)) < 0.3).astype(np.uint8), (rng.random((501, 7)) < 0.3).astype(np.uint8))):
+      fast = metrics.hamming_statistics(q, x, ql, xl, ks=(1, 50, 501), stable_method="numba")
+      xla = metrics.hamming_statistics(q, x, ql, xl, ks=(1, 50, 501), stable_method="sequential")
+      np.testing.assert_array_equal(fast.hist_all, xla.hist_all)
+      np.testing.assert_array_equal(fast.hist_rel, xla.hist_rel)
+      np.testing.assert_array_equal(fast.stable_rel_at_k, xla.stable_rel_at_k)
+      np.testing.assert_allclose(fast.stable_sum, xla.stable_sum, rtol=1e-6)
+      np.testing.assert_allclose(fast.stable_sum_at_k, xla.stable_sum_at_k, rtol=1e-6, atol=1e-9)
