@@ -274,6 +274,20 @@ def _kahan(total, comp, value):
   return t, (t - total) - y
 
 
+def _initial_counters(hist, packed: bool):
+  """Running counters of the stable kernels, initialised to N(<d) and R(<d).
+
+  Indexed by distance * Q + query; columns (all, relevant), or one int32 all | relevant << 16 when
+  `packed`.
+  """
+  num_q, _, bins = hist.shape
+  base = jnp.cumsum(hist, axis=2) - hist  # (Q, 2, bins) exclusive prefix over distance
+  table0 = jnp.transpose(base, (2, 0, 1)).reshape(bins * num_q, 2)
+  if packed:
+    table0 = table0[:, 0] + (table0[:, 1] << 16)
+  return table0
+
+
 @functools.partial(jax.jit, static_argnames=("num_bits", "chunk", "block", "multi", "packed"))
 def _stable_kernel(q_words, q_labels, hist, db_words, db_labels, ks, *, num_bits: int, chunk: int,
                    block: int, multi: bool, packed: bool):
@@ -291,11 +305,7 @@ def _stable_kernel(q_words, q_labels, hist, db_words, db_labels, ks, *, num_bits
   num_q = q_words.shape[0]
   bins = num_bits + 1
   n_k = ks.shape[0]
-  # Counters indexed by distance * Q + query, columns (all, relevant), initialised to N(<d), R(<d).
-  base = jnp.cumsum(hist, axis=2) - hist  # (Q, 2, bins) exclusive prefix over distance
-  table0 = jnp.transpose(base, (2, 0, 1)).reshape(bins * num_q, 2)
-  if packed:
-    table0 = table0[:, 0] + (table0[:, 1] << 16)
+  table0 = _initial_counters(hist, packed)
   q_index = jnp.arange(num_q, dtype=jnp.int32)
   zeros_q = jnp.zeros((num_q,), jnp.float32)
   zeros_kq = jnp.zeros((n_k, num_q), jnp.float32)
@@ -370,10 +380,7 @@ def _stable_kernel_sequential(q_words, q_labels, hist, db_words, db_labels, ks, 
   num_q = q_words.shape[0]
   bins = num_bits + 1
   n_k = ks.shape[0]
-  base = jnp.cumsum(hist, axis=2) - hist  # (Q, 2, bins): N(<d), R(<d)
-  table0 = jnp.transpose(base, (2, 0, 1)).reshape(bins * num_q, 2)
-  if packed:
-    table0 = table0[:, 0] + (table0[:, 1] << 16)
+  table0 = _initial_counters(hist, packed)
   q_index = jnp.arange(num_q, dtype=jnp.int32)
   zeros_q = jnp.zeros((num_q,), jnp.float32)
   zeros_kq = jnp.zeros((n_k, num_q), jnp.float32)
