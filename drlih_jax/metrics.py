@@ -303,7 +303,6 @@ def _stable_kernel(q_words, q_labels, hist, db_words, db_labels, ks, *, num_bits
   with rank <= k ((n_k, Q) int32).
   """
   num_q = q_words.shape[0]
-  bins = num_bits + 1
   n_k = ks.shape[0]
   table0 = _initial_counters(hist, packed)
   q_index = jnp.arange(num_q, dtype=jnp.int32)
@@ -378,7 +377,6 @@ def _stable_kernel_sequential(q_words, q_labels, hist, db_words, db_labels, ks, 
   59,000 items this kernel took ~0.7x the time of the pairwise one (blocks of 32 vs 16).
   """
   num_q = q_words.shape[0]
-  bins = num_bits + 1
   n_k = ks.shape[0]
   table0 = _initial_counters(hist, packed)
   q_index = jnp.arange(num_q, dtype=jnp.int32)
