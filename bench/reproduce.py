@@ -46,10 +46,8 @@ from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
 import dataclasses
 import datetime
-import functools
 import glob
 import importlib.util
 import inspect
@@ -351,34 +349,26 @@ def resolve_data_root(data_root: str | None, tarball: str | None, out: str) -> s
   return target
 
 
-@contextlib.contextmanager
-def cached_data_loading():
-  """Within the block, `protocols.load_retrieval_data` decodes each dataset config once per process.
+class DataCache:
+  """Decodes each dataset config once per process: every run of a reproduce trains on the same data.
 
-  Every run of a reproduce uses the same data; decoding 60,000 JPEGs costs seconds to tens of seconds per
-  run. The cached function still writes or checks each workdir's splits.json.
+  Decoding 60,000 JPEGs costs seconds to tens of seconds per run; the runs receive the decoded splits
+  through `train_and_evaluate(config, workdir, data=...)`, which still writes or checks each workdir's
+  splits.json.
   """
-  from drlih_jax.data import protocols  # pylint: disable=g-import-not-at-top
-  original = protocols.load_retrieval_data
-  cache = {}
 
-  @functools.wraps(original)
-  def load(dataset_config, workdir=None):
-    values = protocols.validate_config(dataset_config)
-    key = json.dumps(values, sort_keys=True, default=str)
-    if key not in cache:
-      cache[key] = original(dataset_config, None)
-    data = cache[key]
-    if workdir is not None:
-      ids = {"train": data.train.ids, "query": data.query.ids, "database": data.database.ids}
-      protocols.write_or_check_splits(workdir, protocols._record(values, ids, data.num_classes))  # pylint: disable=protected-access
-    return data
+  def __init__(self):
+    self._data = {}
 
-  protocols.load_retrieval_data = load
-  try:
-    yield cache
-  finally:
-    protocols.load_retrieval_data = original
+  def __call__(self, dataset_config):
+    from drlih_jax.data import protocols  # pylint: disable=g-import-not-at-top
+    key = json.dumps(protocols.validate_config(dataset_config), sort_keys=True, default=str)
+    if key not in self._data:
+      self._data[key] = protocols.load_retrieval_data(dataset_config)
+    return self._data[key]
+
+  def __len__(self):
+    return len(self._data)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -455,13 +445,16 @@ def run_record(spec: RunSpec, steps: int) -> dict:
           "workdir": os.path.relpath(spec.workdir, _ROOT) if spec.workdir.startswith(_ROOT) else spec.workdir}
 
 
-def train_one(config, spec: RunSpec) -> float:
-  """Trains and evaluates one run; returns its wall time. Raises KeyboardInterrupt when stopped early."""
+def train_one(config, spec: RunSpec, data=None) -> float:
+  """Trains and evaluates one run (on `data`, the decoded splits, when given); returns its wall time.
+
+  Raises KeyboardInterrupt when stopped early.
+  """
   from drlih_jax import train  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   resumed = os.path.isdir(os.path.join(spec.workdir, "checkpoints"))
   started = time.time()
-  state = train.train_and_evaluate(config, spec.workdir)
+  state = train.train_and_evaluate(config, spec.workdir, data=data)
   wall = time.time() - started
   step = int(jax.device_get(state.step))
   if step < config.train.steps or not run_finished(spec, config.train.steps):
@@ -953,7 +946,6 @@ def main(argv: Sequence[str] | None = None) -> int:
   if not args.no_compile_cache:
     jax.config.update("jax_compilation_cache_dir", os.path.abspath(os.path.join(args.out, "jax_cache")))
   from drlih_jax import config_validation  # pylint: disable=g-import-not-at-top
-  from drlih_jax.data import protocols  # pylint: disable=g-import-not-at-top
 
   _ensure_tensorboardx()
   command = _command_line(argv)
@@ -981,47 +973,48 @@ def main(argv: Sequence[str] | None = None) -> int:
                            extra=args.extra)
 
   pixel_pca = {}
-  with cached_data_loading():
-    for i, spec in enumerate(runs):
-      tag = f"[{i + 1}/{len(runs)}] {spec.name}"
-      if run_finished(spec, steps):
-        print(f"{tag}: done before, skipped", flush=True)
-      else:
-        print(f"{tag}: training {steps} steps in {spec.workdir}", flush=True)
-        wall = train_one(run_config(args, spec), spec)
-        print(f"{tag}: {wall:.1f} s", flush=True)
-      record = run_record(spec, steps)
-      setting["runs"].append(record)
-      write_outputs(plots=False)
-      print(f"{tag}: mAP@all " + ", ".join(f"{k} bits {v:.4f}" for k, v in sorted(
-          record["metrics"]["map"].items(), key=lambda kv: int(kv[0]))), flush=True)
-    for spec in specs:
-      if os.path.exists(spec.path):
-        with open(spec.path) as f:
-          setting["baselines"].append(json.load(f))
-        print(f"baseline {spec.name}: done before, skipped", flush=True)
-        continue
-      started = time.time()
-      data = protocols.load_retrieval_data(run_config(args, spec.feature_run or runs[0]).dataset)
-      itq_features = None
-      if spec.features == "pixels":
-        features = {s: pixel_features(getattr(data, s).images) for s in ("train", "query", "database")}
-        if "itq" in spec.methods:
-          if "pixels" not in pixel_pca:  # The same for every seed: computed once.
-            pixel_pca["pixels"] = pca_reduce(features, PIXEL_PCA_DIMS)
-          itq_features = pixel_pca["pixels"]
-      else:
-        features = backbone_features(run_config(args, spec.feature_run), spec.feature_run.workdir, data)
-      record = run_baselines(spec, features, data, itq_features)
-      record["wall_s"] = time.time() - started
-      os.makedirs(os.path.dirname(spec.path), exist_ok=True)
-      with open(spec.path, "w") as f:
-        json.dump(record, f, indent=1, sort_keys=True)
-      setting["baselines"].append(record)
-      write_outputs(plots=False)
-      print(f"baseline {spec.name}: " + ", ".join(
-          f"{e['method']} {e['bits']}b {e['metrics']['map'][str(e['bits'])]:.4f}" for e in record["entries"]
-          if "metrics" in e) + f" ({record['wall_s']:.1f} s)", flush=True)
+  load_data = DataCache()
+  for i, spec in enumerate(runs):
+    tag = f"[{i + 1}/{len(runs)}] {spec.name}"
+    if run_finished(spec, steps):
+      print(f"{tag}: done before, skipped", flush=True)
+    else:
+      print(f"{tag}: training {steps} steps in {spec.workdir}", flush=True)
+      config = run_config(args, spec)
+      wall = train_one(config, spec, load_data(config.dataset))
+      print(f"{tag}: {wall:.1f} s", flush=True)
+    record = run_record(spec, steps)
+    setting["runs"].append(record)
+    write_outputs(plots=False)
+    print(f"{tag}: mAP@all " + ", ".join(f"{k} bits {v:.4f}" for k, v in sorted(
+        record["metrics"]["map"].items(), key=lambda kv: int(kv[0]))), flush=True)
+  for spec in specs:
+    if os.path.exists(spec.path):
+      with open(spec.path) as f:
+        setting["baselines"].append(json.load(f))
+      print(f"baseline {spec.name}: done before, skipped", flush=True)
+      continue
+    started = time.time()
+    data = load_data(run_config(args, spec.feature_run or runs[0]).dataset)
+    itq_features = None
+    if spec.features == "pixels":
+      features = {s: pixel_features(getattr(data, s).images) for s in ("train", "query", "database")}
+      if "itq" in spec.methods:
+        if "pixels" not in pixel_pca:  # The same for every seed: computed once.
+          pixel_pca["pixels"] = pca_reduce(features, PIXEL_PCA_DIMS)
+        itq_features = pixel_pca["pixels"]
+    else:
+      features = backbone_features(run_config(args, spec.feature_run), spec.feature_run.workdir, data)
+    record = run_baselines(spec, features, data, itq_features)
+    record["wall_s"] = time.time() - started
+    os.makedirs(os.path.dirname(spec.path), exist_ok=True)
+    with open(spec.path, "w") as f:
+      json.dump(record, f, indent=1, sort_keys=True)
+    setting["baselines"].append(record)
+    write_outputs(plots=False)
+    print(f"baseline {spec.name}: " + ", ".join(
+        f"{e['method']} {e['bits']}b {e['metrics']['map'][str(e['bits'])]:.4f}" for e in record["entries"]
+        if "metrics" in e) + f" ({record['wall_s']:.1f} s)", flush=True)
   write_outputs(plots=True)
   print(f"wrote {json_path} and {results_md}", flush=True)
   return 0

@@ -57,7 +57,7 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
 class _Setup:
   """What every mode needs: config checks, data, model, optimiser, mesh, jitted functions."""
 
-  def __init__(self, config, workdir: str):
+  def __init__(self, config, workdir: str, data: protocols.RetrievalData | None = None):
     config_validation.validate(config)
     self.config = config
     self.workdir = workdir
@@ -73,7 +73,12 @@ class _Setup:
       raise ValueError(f"train.eval_batch_size={config.train.eval_batch_size} is not divisible by the "
                        f"{num_devices} devices")
     # Every process loads the whole split (device-resident mode); process 0 records/checks splits.json.
-    self.data = protocols.load_retrieval_data(config.dataset, workdir if jax.process_index() == 0 else None)
+    record_in = workdir if jax.process_index() == 0 else None
+    if data is None:
+      data = protocols.load_retrieval_data(config.dataset, record_in)
+    elif record_in is not None:
+      protocols.record_splits(record_in, config.dataset, data)
+    self.data = data
     self.model = models.create_model(config)
     self.tx = optim.create_optimizer(config.optim, config.train.steps)
     self.schedule = optim.learning_rate_schedule(config.optim, config.train.steps)
@@ -156,15 +161,22 @@ class _StopRequest:
     return bool(np.any(flags))
 
 
-def train_and_evaluate(config, workdir: str):
+def train_and_evaluate(config, workdir: str, data: protocols.RetrievalData | None = None):
   """Trains (resuming from the newest checkpoint in `workdir`), evaluates, and returns the final state.
 
   Writes into `workdir`: config.json, splits.json, checkpoints/, tensorboard/, eval_<step>.json and its
   plots. On SIGTERM/SIGINT it saves a checkpoint at the current step and returns early.
+
+  Args:
+    config: the run's ConfigDict.
+    workdir: the run directory.
+    data: the protocol's splits, already loaded with `protocols.load_retrieval_data(config.dataset)`
+      (for scripts that train many runs on one dataset); None loads them. Either way splits.json is
+      written or checked.
   """
   if jax.process_index() == 0:
     check_workdir(workdir)
-  setup = _Setup(config, workdir)
+  setup = _Setup(config, workdir, data)
   if jax.process_index() == 0:
     _write_config(workdir, config)
   manager = checkpointing.create_manager(workdir, config.train.keep_checkpoints)

@@ -1,5 +1,6 @@
 """End-to-end: train_and_evaluate on digits, checkpoints, eval and encode modes, bad input."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -111,6 +112,22 @@ def test_triplet_objective_trains(tmp_path):
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 20
   assert os.path.exists(tmp_path / "eval_20.json")
+
+
+def test_preloaded_data_equals_loading_and_is_checked_against_splits(tmp_path):
+  from drlih_jax.data import protocols  # pylint: disable=g-import-not-at-top
+  config = small_config(**{"objective": "triplet", "train.steps": 10, "train.checkpoint_every": 10})
+  loaded = train.train_and_evaluate(config, str(tmp_path / "loaded"))
+  data = protocols.load_retrieval_data(config.dataset)
+  given = train.train_and_evaluate(config, str(tmp_path / "given"), data=data)
+  for a, b in zip(jax.tree.leaves(given.params), jax.tree.leaves(loaded.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  splits = [open(tmp_path / d / "splits.json").read() for d in ("loaded", "given")]
+  assert splits[0] == splits[1]
+  # Data whose ids differ from the workdir's splits.json is refused, as a changed split_seed would be.
+  other = dataclasses.replace(data, query=data.database, database=data.query)
+  with pytest.raises(protocols.SplitMismatchError):
+    train.train_and_evaluate(config, str(tmp_path / "given"), data=other)
 
 
 def test_eval_without_checkpoint_fails_clearly(tmp_path):

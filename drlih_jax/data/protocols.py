@@ -407,7 +407,6 @@ def load_retrieval_data(dataset_config, workdir: Optional[str] = None) -> Retrie
   if values["name"] == "digits":
     from drlih_jax.data import digits  # pylint: disable=import-outside-toplevel
     data = digits.load_digits(dataset_config)
-    ids = {"train": data.train.ids, "query": data.query.ids, "database": data.database.ids}
   else:
     splits, num_classes = load_source(values)
     for split_name, part in splits.items():
@@ -426,5 +425,21 @@ def load_retrieval_data(dataset_config, workdir: Optional[str] = None) -> Retrie
                data.num_classes)
   _log_unlabelled(data, values["name"])
   if workdir is not None:
-    write_or_check_splits(workdir, _record(values, ids, data.num_classes))
+    record_splits(workdir, dataset_config, data)
   return data
+
+
+def record_splits(workdir: str, dataset_config, data: RetrievalData) -> str:
+  """Writes or checks `<workdir>/splits.json` for `data`, loaded earlier with `dataset_config`.
+
+  For callers that load a protocol once and train several runs on it (`train_and_evaluate(data=...)`).
+
+  Returns:
+    The file's path.
+
+  Raises:
+    SplitMismatchError: the workdir recorded another protocol, seed, source or other ids.
+  """
+  values = validate_config(dataset_config)
+  ids = {"train": data.train.ids, "query": data.query.ids, "database": data.database.ids}
+  return write_or_check_splits(workdir, _record(values, ids, data.num_classes))
