@@ -649,6 +649,58 @@ def markdown_table(rows: dict, metric: str) -> list[str]:
   return lines
 
 
+PAIRED_METRICS = (("map", "mAP@all, stable"), ("map_average_ties", "mAP@all, tie-aware"))
+
+
+def sign_test_p(wins: int, n: int) -> float:
+  """Two-sided exact sign test: P(a count at least as far from n/2 as `wins`) under Binomial(n, 1/2)."""
+  if n == 0:
+    return float("nan")
+  extreme = max(wins, n - wins)
+  tail = sum(math.comb(n, k) for k in range(extreme, n + 1)) / 2.0 ** n
+  return min(1.0, 2.0 * tail) if 2 * extreme != n else 1.0
+
+
+def paired_differences(setting: dict, first: str, second: str, metric: str) -> dict[int, list[float]]:
+  """{trained length: [metric(first) - metric(second)] per seed having both}, separately trained models only."""
+  by_key: dict[tuple[str, int, int], float] = {}
+  for run in setting.get("runs", []):
+    value = run["metrics"].get(metric, {}).get(str(run["bits"]))
+    if run["separate"] and value is not None:
+      by_key[(run["objective"], run["bits"], run["seed"])] = value
+  out: dict[int, list[float]] = {}
+  for (objective, bits, seed), value in sorted(by_key.items()):
+    if objective == first and (second, bits, seed) in by_key:
+      out.setdefault(bits, []).append(value - by_key[(second, bits, seed)])
+  return out
+
+
+def paired_table(setting: dict, first: str = "drlih", second: str = "triplet") -> list[str]:
+  """`first - second` per length, paired by seed, and pooled over every separately trained length."""
+  tables = [(title, paired_differences(setting, first, second, metric)) for metric, title in PAIRED_METRICS]
+  tables = [(title, diffs) for title, diffs in tables if diffs]
+  if not tables:
+    return []
+  lengths = sorted({L for _, diffs in tables for L in diffs})
+
+  def cell(values: list[float]) -> str:
+    mean, sd, n = mean_spread(values)
+    if n == 0:
+      return "–"
+    wins = sum(v > 0 for v in values)
+    spread = f" ± {sd:.4f}" if sd is not None else ""
+    return f"{mean:+.4f}{spread} ({first} higher in {wins}/{n})"
+
+  lines = ["| metric | " + " | ".join(f"{L} bits" for L in lengths) + " | pooled | sign test p |",
+           "|---|" + "---|" * (len(lengths) + 2)]
+  for title, diffs in tables:
+    pooled = [v for L in lengths for v in diffs.get(L, [])]
+    wins = sum(v > 0 for v in pooled)
+    lines.append(f"| {title} | " + " | ".join(cell(diffs.get(L, [])) for L in lengths)
+                 + f" | {cell(pooled)} | {sign_test_p(wins, len(pooled)):.3f} |")
+  return lines
+
+
 def wall_table(setting: dict) -> list[str]:
   """Mean wall seconds per run, by objective and trained length."""
   groups: dict[tuple[str, int], list[float]] = {}
@@ -749,6 +801,12 @@ def setting_markdown(setting: dict, plot_paths: Sequence[str] = (), md_dir: str 
     table = markdown_table(table_rows(setting), metric)
     if table:
       lines += [f"**{title}** (mean ± sample sd over seeds, (n) = number of seeds)", ""] + table + [""]
+  for first, second in (("drlih", "triplet"), ("official", "triplet")):
+    paired = paired_table(setting, first, second)
+    if paired:
+      lines += [f"**{first} − {second}, paired by seed** (separately trained models; mean ± sd of the per-seed "
+                f"differences; pooled: every length and seed, each a separate training; sign test: two-sided, "
+                f"exact, on the pooled signs)", ""] + paired + [""]
   wall = wall_table(setting)
   if wall:
     lines += ["**Wall time** per run (data from the in-process cache, compilation, training and every "

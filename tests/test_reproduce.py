@@ -194,6 +194,38 @@ def test_mean_spread_and_pca_reduce():
     np.testing.assert_allclose(reduced.T @ reduced / (n - 1), np.diag(top), atol=1e-4 * top[0])
 
 
+def test_sign_test_against_hand_counts():
+  # 10 of 12: P(X >= 10) = (C(12,10) + C(12,11) + C(12,12)) / 2^12 = 79 / 4096, doubled.
+  assert reproduce.sign_test_p(10, 12) == pytest.approx(2 * 79 / 4096)
+  assert reproduce.sign_test_p(2, 12) == pytest.approx(2 * 79 / 4096)
+  assert reproduce.sign_test_p(3, 3) == pytest.approx(0.25)
+  assert reproduce.sign_test_p(6, 12) == 1.0 and reproduce.sign_test_p(1, 1) == 1.0
+  assert math.isnan(reproduce.sign_test_p(0, 0))
+
+
+def test_paired_differences_pair_by_seed_and_skip_prefixes():
+  def run(objective, bits, seed, value, separate=True):
+    return {"objective": objective, "bits": bits, "seed": seed, "separate": separate,
+            "metrics": {"map": {str(bits): value, "8": 0.9}}}  # "8": a prefix, ignored
+  setting = {"runs": [run("drlih", 32, 0, 0.50), run("triplet", 32, 0, 0.45),
+                      run("drlih", 32, 1, 0.40), run("triplet", 32, 1, 0.42),
+                      run("drlih", 32, 2, 0.70),                              # no triplet partner
+                      run("drlih", 12, 0, 0.30), run("triplet", 12, 0, 0.20),
+                      run("drlih", 48, 0, 0.9, separate=False), run("triplet", 48, 0, 0.1, separate=False)]}
+  diffs = reproduce.paired_differences(setting, "drlih", "triplet", "map")
+  assert diffs.keys() == {12, 32}
+  np.testing.assert_allclose(diffs[32], [0.05, -0.02])
+  np.testing.assert_allclose(diffs[12], [0.10])
+  table = reproduce.paired_table(setting)
+  row = next(line for line in table if line.startswith("| mAP@all, stable"))
+  cells = [c.strip() for c in row.strip("|").split("|")]
+  assert cells[1] == "+0.1000 (drlih higher in 1/1)"
+  assert cells[2] == f"+0.0150 ± {math.sqrt(2 * 0.035 ** 2):.4f} (drlih higher in 1/2)"
+  assert cells[3].startswith("+0.0433 ± ") and cells[3].endswith("(drlih higher in 2/3)")
+  assert cells[4] == "1.000"
+  assert reproduce.paired_table({"runs": [run("drlih", 32, 0, 0.5)]}) == []
+
+
 @pytest.fixture(scope="module")
 def cifar_subset(tmp_path_factory):
   """10 classes x (12 training + 3 test) real CIFAR-10 JPEGs, as a class-folder tree."""
