@@ -10,7 +10,9 @@
 #   DRY_RUN       1 under --dry-run: commands are printed, not executed.
 #   PROJECT       value of --project ("" = gcloud's configured project).
 #   FLAG_VALUE    value parsed by take_value.
-#   FLAG_SHIFT    how many words take_value consumed (1 or 2).
+#   FLAG_SHIFT    how many words the flag being parsed consumed.
+#   FLAG_TABLE    the FLAG TARGET rows given to parse_flags.
+#   EXTRA_ARGS    arguments passed through to drlih_jax.main (parse_flags).
 
 # Where things live on every TPU VM worker (relative to the remote $HOME). The
 # tilde is deliberately unexpanded here: the remote shell expands it.
@@ -28,6 +30,8 @@ DRY_RUN=0
 PROJECT=""
 FLAG_VALUE=""
 FLAG_SHIFT=0
+FLAG_TABLE=()
+EXTRA_ARGS=()
 SCRIPT_NAME="$(basename "$0")"
 
 # Prints an error and the usage text to stderr, then exits with status 2.
@@ -95,6 +99,71 @@ parse_common_flag() {
 # Fails with a usage error for an unrecognized argument.
 unknown_flag() {
   usage_error "unknown flag or argument: $1"
+}
+
+# Parses a script's arguments: first against its table of flags, then the
+# common ones (parse_common_flag); anything else is a usage error. The table
+# is given as FLAG TARGET rows before the `--` that precedes the arguments:
+#
+#   parse_flags --name name --spot spot=1 -- "$@"
+#
+# Rows:
+#   --flag var        takes a value, `--flag V` or `--flag=V`, into var.
+#   --flag var=VALUE  a switch (no value, exact match): sets var to VALUE.
+#   --config.* EXTRA_ARGS
+#                     passes `--config.KEY=VALUE` overrides and every argument
+#                     after `--` through, appended in order to EXTRA_ARGS.
+# Variables are assigned with printf -v, so they can be the caller's locals;
+# they must not be named like parse_table_flag's locals (row, row_flag,
+# row_target). Rows are tried in order, before the common flags.
+parse_flags() {
+  FLAG_TABLE=()
+  EXTRA_ARGS=()
+  while (($# >= 2)) && [[ "$1" != -- ]]; do
+    FLAG_TABLE+=("$1" "$2")
+    shift 2
+  done
+  if [[ "${1-}" != -- ]]; then
+    die "parse_flags: the flag table must hold FLAG TARGET pairs and end with --"
+  fi
+  shift
+  while (($#)); do
+    parse_table_flag "$@" || parse_common_flag "$@" || unknown_flag "$1"
+    shift "${FLAG_SHIFT}"
+  done
+}
+
+# Handles $1 when a row of FLAG_TABLE matches it; sets FLAG_SHIFT. Returns 1
+# when no row matches.
+parse_table_flag() {
+  local row row_flag row_target
+  for ((row = 0; row < ${#FLAG_TABLE[@]}; row += 2)); do
+    row_flag="${FLAG_TABLE[row]}"
+    row_target="${FLAG_TABLE[row + 1]}"
+    if [[ "${row_flag}" == '--config.*' ]]; then
+      if [[ "$1" == --config.* ]]; then
+        check_config_override "$1"
+        EXTRA_ARGS+=("$1")
+        FLAG_SHIFT=1
+        return 0
+      elif [[ "$1" == -- ]]; then
+        EXTRA_ARGS+=("${@:2}")
+        FLAG_SHIFT=$#
+        return 0
+      fi
+    elif [[ "${row_target}" == *=* ]]; then
+      if [[ "$1" == "${row_flag}" ]]; then
+        printf -v "${row_target%%=*}" '%s' "${row_target#*=}"
+        FLAG_SHIFT=1
+        return 0
+      fi
+    elif [[ "$1" == "${row_flag}" || "$1" == "${row_flag}="* ]]; then
+      take_value "$@"
+      printf -v "${row_target}" '%s' "${FLAG_VALUE}"
+      return 0
+    fi
+  done
+  return 1
 }
 
 # Validates a TPU VM worker selector: `all` or a non-negative integer.

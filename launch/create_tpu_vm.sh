@@ -41,34 +41,13 @@ default_runtime_version() {
 
 main() {
   local name="" zone="" accelerator_type="" version="" spot=0
-  while (($#)); do
-    case "$1" in
-      --name | --name=*)
-        take_value "$@"
-        name="${FLAG_VALUE}"
-        ;;
-      --zone | --zone=*)
-        take_value "$@"
-        zone="${FLAG_VALUE}"
-        ;;
-      --accelerator-type | --accelerator-type=*)
-        take_value "$@"
-        accelerator_type="${FLAG_VALUE}"
-        ;;
-      --version | --version=*)
-        take_value "$@"
-        version="${FLAG_VALUE}"
-        ;;
-      --spot)
-        spot=1
-        FLAG_SHIFT=1
-        ;;
-      *)
-        parse_common_flag "$@" || unknown_flag "$1"
-        ;;
-    esac
-    shift "${FLAG_SHIFT}"
-  done
+  parse_flags \
+    --name name \
+    --zone zone \
+    --accelerator-type accelerator_type \
+    --version version \
+    --spot spot=1 \
+    -- "$@"
   require_flag --name "${name}"
   require_flag --zone "${zone}"
   require_flag --accelerator-type "${accelerator_type}"

@@ -21,26 +21,12 @@ EOF
 
 main() {
   local name="" zone="" quiet=0
-  while (($#)); do
-    case "$1" in
-      --name | --name=*)
-        take_value "$@"
-        name="${FLAG_VALUE}"
-        ;;
-      --zone | --zone=*)
-        take_value "$@"
-        zone="${FLAG_VALUE}"
-        ;;
-      --quiet | -q)
-        quiet=1
-        FLAG_SHIFT=1
-        ;;
-      *)
-        parse_common_flag "$@" || unknown_flag "$1"
-        ;;
-    esac
-    shift "${FLAG_SHIFT}"
-  done
+  parse_flags \
+    --name name \
+    --zone zone \
+    --quiet quiet=1 \
+    -q quiet=1 \
+    -- "$@"
   require_flag --name "${name}"
   require_flag --zone "${zone}"
   need_gcloud

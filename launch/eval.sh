@@ -63,61 +63,18 @@ remote_eval_command() {
 main() {
   local name="" zone="" workdir="" config="configs/cifar.py" tfds_dir=""
   local run_name="eval" step="" mode="eval" worker="0"
-  local -a extra=()
-  while (($#)); do
-    case "$1" in
-      --name | --name=*)
-        take_value "$@"
-        name="${FLAG_VALUE}"
-        ;;
-      --zone | --zone=*)
-        take_value "$@"
-        zone="${FLAG_VALUE}"
-        ;;
-      --workdir | --workdir=*)
-        take_value "$@"
-        workdir="${FLAG_VALUE}"
-        ;;
-      --config | --config=*)
-        take_value "$@"
-        config="${FLAG_VALUE}"
-        ;;
-      --tfds-data-dir | --tfds-data-dir=*)
-        take_value "$@"
-        tfds_dir="${FLAG_VALUE}"
-        ;;
-      --run-name | --run-name=*)
-        take_value "$@"
-        run_name="${FLAG_VALUE}"
-        ;;
-      --step | --step=*)
-        take_value "$@"
-        step="${FLAG_VALUE}"
-        ;;
-      --mode | --mode=*)
-        take_value "$@"
-        mode="${FLAG_VALUE}"
-        ;;
-      --worker | --worker=*)
-        take_value "$@"
-        worker="${FLAG_VALUE}"
-        ;;
-      --config.*)
-        check_config_override "$1"
-        extra+=("$1")
-        FLAG_SHIFT=1
-        ;;
-      --)
-        shift
-        extra+=("$@")
-        break
-        ;;
-      *)
-        parse_common_flag "$@" || unknown_flag "$1"
-        ;;
-    esac
-    shift "${FLAG_SHIFT}"
-  done
+  parse_flags \
+    --name name \
+    --zone zone \
+    --workdir workdir \
+    --step step \
+    --mode mode \
+    --worker worker \
+    --config config \
+    --tfds-data-dir tfds_dir \
+    --run-name run_name \
+    '--config.*' EXTRA_ARGS \
+    -- "$@"
   require_flag --name "${name}"
   require_flag --zone "${zone}"
   require_flag --workdir "${workdir}"
@@ -136,7 +93,7 @@ main() {
     main_args+=("--step=${step}")
   fi
   tpu_ssh "${name}" "${zone}" "${worker}" "$(remote_eval_command "${run_name}" \
-    "${tfds_dir}" "${main_args[@]}" ${extra[@]+"${extra[@]}"})"
+    "${tfds_dir}" "${main_args[@]}" ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"})"
 }
 
 main "$@"

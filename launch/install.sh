@@ -49,42 +49,15 @@ remote_install_command() {
 main() {
   local name="" zone="" repo="" ref="" src="" python_version="3.11"
   local jax_spec="jax[tpu]"
-  while (($#)); do
-    case "$1" in
-      --name | --name=*)
-        take_value "$@"
-        name="${FLAG_VALUE}"
-        ;;
-      --zone | --zone=*)
-        take_value "$@"
-        zone="${FLAG_VALUE}"
-        ;;
-      --repo | --repo=*)
-        take_value "$@"
-        repo="${FLAG_VALUE}"
-        ;;
-      --ref | --ref=*)
-        take_value "$@"
-        ref="${FLAG_VALUE}"
-        ;;
-      --src | --src=*)
-        take_value "$@"
-        src="${FLAG_VALUE}"
-        ;;
-      --python-version | --python-version=*)
-        take_value "$@"
-        python_version="${FLAG_VALUE}"
-        ;;
-      --jax-spec | --jax-spec=*)
-        take_value "$@"
-        jax_spec="${FLAG_VALUE}"
-        ;;
-      *)
-        parse_common_flag "$@" || unknown_flag "$1"
-        ;;
-    esac
-    shift "${FLAG_SHIFT}"
-  done
+  parse_flags \
+    --name name \
+    --zone zone \
+    --repo repo \
+    --ref ref \
+    --src src \
+    --python-version python_version \
+    --jax-spec jax_spec \
+    -- "$@"
   require_flag --name "${name}"
   require_flag --zone "${zone}"
   if [[ -n "${ref}" && -z "${repo}" ]]; then

@@ -26,38 +26,14 @@ EOF
 
 main() {
   local name="" zone="" worker="0" run_name="train" lines="100" follow=1
-  while (($#)); do
-    case "$1" in
-      --name | --name=*)
-        take_value "$@"
-        name="${FLAG_VALUE}"
-        ;;
-      --zone | --zone=*)
-        take_value "$@"
-        zone="${FLAG_VALUE}"
-        ;;
-      --worker | --worker=*)
-        take_value "$@"
-        worker="${FLAG_VALUE}"
-        ;;
-      --run-name | --run-name=*)
-        take_value "$@"
-        run_name="${FLAG_VALUE}"
-        ;;
-      --lines | --lines=*)
-        take_value "$@"
-        lines="${FLAG_VALUE}"
-        ;;
-      --no-follow)
-        follow=0
-        FLAG_SHIFT=1
-        ;;
-      *)
-        parse_common_flag "$@" || unknown_flag "$1"
-        ;;
-    esac
-    shift "${FLAG_SHIFT}"
-  done
+  parse_flags \
+    --name name \
+    --zone zone \
+    --worker worker \
+    --run-name run_name \
+    --lines lines \
+    --no-follow follow=0 \
+    -- "$@"
   require_flag --name "${name}"
   require_flag --zone "${zone}"
   if [[ ! "${worker}" =~ ^[0-9]+$ ]]; then

@@ -41,34 +41,13 @@ remote_stop_command() {
 
 main() {
   local name="" zone="" run_name="train" timeout="600" worker="all"
-  while (($#)); do
-    case "$1" in
-      --name | --name=*)
-        take_value "$@"
-        name="${FLAG_VALUE}"
-        ;;
-      --zone | --zone=*)
-        take_value "$@"
-        zone="${FLAG_VALUE}"
-        ;;
-      --run-name | --run-name=*)
-        take_value "$@"
-        run_name="${FLAG_VALUE}"
-        ;;
-      --timeout | --timeout=*)
-        take_value "$@"
-        timeout="${FLAG_VALUE}"
-        ;;
-      --worker | --worker=*)
-        take_value "$@"
-        worker="${FLAG_VALUE}"
-        ;;
-      *)
-        parse_common_flag "$@" || unknown_flag "$1"
-        ;;
-    esac
-    shift "${FLAG_SHIFT}"
-  done
+  parse_flags \
+    --name name \
+    --zone zone \
+    --run-name run_name \
+    --timeout timeout \
+    --worker worker \
+    -- "$@"
   require_flag --name "${name}"
   require_flag --zone "${zone}"
   if [[ ! "${timeout}" =~ ^[0-9]+$ ]]; then

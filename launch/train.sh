@@ -55,49 +55,15 @@ remote_train_command() {
 main() {
   local name="" zone="" workdir="" config="configs/cifar.py" tfds_dir=""
   local run_name="train"
-  local -a extra=()
-  while (($#)); do
-    case "$1" in
-      --name | --name=*)
-        take_value "$@"
-        name="${FLAG_VALUE}"
-        ;;
-      --zone | --zone=*)
-        take_value "$@"
-        zone="${FLAG_VALUE}"
-        ;;
-      --workdir | --workdir=*)
-        take_value "$@"
-        workdir="${FLAG_VALUE}"
-        ;;
-      --config | --config=*)
-        take_value "$@"
-        config="${FLAG_VALUE}"
-        ;;
-      --tfds-data-dir | --tfds-data-dir=*)
-        take_value "$@"
-        tfds_dir="${FLAG_VALUE}"
-        ;;
-      --run-name | --run-name=*)
-        take_value "$@"
-        run_name="${FLAG_VALUE}"
-        ;;
-      --config.*)
-        check_config_override "$1"
-        extra+=("$1")
-        FLAG_SHIFT=1
-        ;;
-      --)
-        shift
-        extra+=("$@")
-        break
-        ;;
-      *)
-        parse_common_flag "$@" || unknown_flag "$1"
-        ;;
-    esac
-    shift "${FLAG_SHIFT}"
-  done
+  parse_flags \
+    --name name \
+    --zone zone \
+    --workdir workdir \
+    --config config \
+    --tfds-data-dir tfds_dir \
+    --run-name run_name \
+    '--config.*' EXTRA_ARGS \
+    -- "$@"
   require_flag --name "${name}"
   require_flag --zone "${zone}"
   require_flag --workdir "${workdir}"
@@ -109,7 +75,7 @@ main() {
 
   tpu_ssh "${name}" "${zone}" all "$(remote_train_command "${run_name}" \
     "${tfds_dir}" "--config=${config}" "--workdir=${workdir}" --mode=train \
-    ${extra[@]+"${extra[@]}"})"
+    ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"})"
 }
 
 main "$@"
