@@ -423,7 +423,9 @@ def learning_curve(workdir: str, started: float | None, trained_bits: int) -> li
     mtime = os.path.getmtime(path)
     wall = (mtime - started) if started is not None and mtime >= started else None
     points.append({"step": int(match.group(1)), "wall_s": wall, "map": report["map"],
-                   "map_trained": report["map"].get(str(trained_bits))})
+                   "map_trained": report["map"].get(str(trained_bits)),
+                   "map_average_ties_trained": report.get("map_average_ties", {}).get(str(trained_bits)),
+                   "database_order": report.get("database_order", "stored")})
   return sorted(points, key=lambda p: p["step"])
 
 
@@ -441,6 +443,8 @@ def run_record(spec: RunSpec, steps: int) -> dict:
           "steps": steps, "wall_s": timing.get("wall_s"), "resumed": timing.get("resumed"),
           "metrics": _metrics_of(report), "num_queries": report.get("num_queries"),
           "num_database": report.get("num_database"),
+          # Reports written before train.eval_database_order existed ranked the stored order.
+          "database_order": report.get("database_order", "stored"),
           "curve": learning_curve(spec.workdir, timing.get("started"), spec.bits),
           "workdir": os.path.relpath(spec.workdir, _ROOT) if spec.workdir.startswith(_ROOT) else spec.workdir}
 
@@ -545,14 +549,14 @@ def _encode_chunked(model, features: np.ndarray, chunk: int = 8192) -> np.ndarra
 
 
 def run_baselines(spec: BaselineSpec, features: dict[str, np.ndarray], data,
-                  itq_features: dict[str, np.ndarray] | None = None) -> dict:
+                  itq_features: dict[str, np.ndarray] | None = None, database_order: str = "shuffled") -> dict:
   """Fits each method at each length on the training features; evaluates query against database.
 
-  `itq_features` (e.g. `pca_reduce(features)`) replaces `features` for ITQ when given.
+  `itq_features` (e.g. `pca_reduce(features)`) replaces `features` for ITQ when given. The database is
+  ranked in `database_order`, as the trained runs' evaluation ranks it (`train.eval_database_order`).
   """
   from drlih_jax import baselines  # pylint: disable=g-import-not-at-top
   from drlih_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from drlih_jax import metrics  # pylint: disable=g-import-not-at-top
   fits = {"lsh": baselines.lsh_fit, "itq": baselines.itq_fit}
   entries = []
   for method in spec.methods:
@@ -567,10 +571,11 @@ def run_baselines(spec: BaselineSpec, features: dict[str, np.ndarray], data,
       query = _encode_chunked(model, source["query"])
       database = _encode_chunked(model, source["database"])
       fit_s = time.time() - started
-      report = metrics.full_report(query, database, data.query.labels, data.database.labels,
-                                   prefix_lengths=[bits], ks=evaluate.PRECISION_KS, top_k=evaluate.MAP_TOP_K)
+      report = evaluate.report_for_codes(query, database, data.query.labels, data.database.labels, [bits],
+                                         database_order)
       entries.append({"method": method, "bits": bits, "fit_encode_s": fit_s, "metrics": _metrics_of(report)})
   return {"name": spec.name, "features": spec.features, "seed": spec.seed,
+          "database_order": evaluate.database_order_label(database_order),
           "feature_run": spec.feature_run.name if spec.feature_run else None,
           "feature_dim": int(features["train"].shape[1]), "entries": entries}
 
@@ -724,6 +729,12 @@ def setting_title(setting: dict) -> str:
                                   f"{setting['machine']['label']}")
 
 
+def _curve_value(point: dict) -> float | None:
+  """The plotted value of a learning-curve point: tie-aware mAP@all (independent of the database order)."""
+  value = point.get("map_average_ties_trained")
+  return value if value is not None else point.get("map_trained")
+
+
 def write_plots(setting: dict, plots_dir: str) -> list[str]:
   """mAP@all against bits (mean ± sd per row) and the learning curves of one setting; returns paths."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
@@ -760,10 +771,10 @@ def write_plots(setting: dict, plots_dir: str) -> list[str]:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     for run in curves:
-      pts = [p for p in run["curve"] if p.get("wall_s") is not None and p.get("map_trained") is not None]
-      ax.plot([p["wall_s"] for p in pts], [p["map_trained"] for p in pts], marker=".", label=run["name"])
+      pts = [p for p in run["curve"] if p.get("wall_s") is not None and _curve_value(p) is not None]
+      ax.plot([p["wall_s"] for p in pts], [_curve_value(p) for p in pts], marker=".", label=run["name"])
     ax.set_xlabel("wall time since the run started (s)")
-    ax.set_ylabel("mAP@all at the trained length")
+    ax.set_ylabel("mAP@all (tie-aware) at the trained length")
     ax.set_title(f"learning curves: {setting_title(setting)}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
@@ -782,6 +793,17 @@ def _config_summary(flat: dict) -> str:
   return ", ".join(f"`{k}={flat[k]}`" for k in keys if k in flat)
 
 
+def _orders_text(setting: dict) -> str:
+  """The database order(s) the setting's runs and baselines were ranked in (see drlih_jax/evaluate.py)."""
+  orders = {r.get("database_order", "stored") for r in setting.get("runs", [])}
+  orders |= {b.get("database_order", "stored") for b in setting.get("baselines", [])}
+  text = ", ".join(f"`{o}`" for o in sorted(orders)) or "–"
+  if "stored" in orders:
+    text += (" (stored = class by class on CIFAR-10: the stable mAP@all and mAP@1000 then favour codes with "
+             "large tie groups; read the tie-aware table)")
+  return text
+
+
 def setting_markdown(setting: dict, plot_paths: Sequence[str] = (), md_dir: str | None = None) -> list[str]:
   """The RESULTS.md section of one setting."""
   lines = [f"## {setting_title(setting)}", ""]
@@ -794,6 +816,7 @@ def setting_markdown(setting: dict, plot_paths: Sequence[str] = (), md_dir: str 
                                                    if setting.get("overrides") else ""),
             f"- Recipe: {_config_summary(setting.get('config_flat', {}))}",
             f"- Seeds {setting['seeds']}; the data split is the same for every seed (`dataset.split_seed=0`)",
+            f"- Database order of the stable metrics: {_orders_text(setting)}",
             f"- Run at {setting['created']} with:", "", "```bash", setting["command"], "```", ""]
   if setting.get("notes"):
     lines += [setting["notes"], ""]
@@ -813,11 +836,13 @@ def setting_markdown(setting: dict, plot_paths: Sequence[str] = (), md_dir: str 
               "evaluation)", ""] + wall + [""]
   curves = [r for r in setting.get("runs", []) if len(r.get("curve", [])) > 1]
   if curves:
-    lines += ["**Learning curves** (mAP@all of the trained length at each evaluation; seconds since the run "
-              "started):", ""]
+    lines += ["**Learning curves** (step: mAP@all of the trained length at each evaluation, stable / tie-aware; "
+              "seconds since the run started; the tie-aware value does not depend on the database order):", ""]
     for run in curves:
-      pts = ", ".join(f"{p['step']}: {p['map_trained']:.4f}" + (f" @ {p['wall_s']:.0f} s" if p.get("wall_s")
-                                                                 is not None else "")
+      pts = ", ".join(f"{p['step']}: {p['map_trained']:.4f}"
+                      + (f" / {p['map_average_ties_trained']:.4f}" if p.get("map_average_ties_trained")
+                         is not None else "")
+                      + (f" @ {p['wall_s']:.0f} s" if p.get("wall_s") is not None else "")
                       for p in run["curve"] if p.get("map_trained") is not None)
       lines.append(f"- {run['name']}: {pts}")
     lines.append("")
@@ -845,10 +870,16 @@ How to read the tables:
   same baselines on the backbone feature v of the trained `triplet` model of the same seed (its longest
   trained length), fitted on the training split: an unsupervised binarisation of the learned feature,
   against which the agent's learned binarisation is compared.
-- mAP@all ranks the whole database by Hamming distance, ties broken by database index ("stable"); the
+- mAP@all ranks the whole database by Hamming distance, ties broken by database position ("stable"); the
   tie-aware table is the expectation over tie orders (McSherry & Najork). mAP@1000 divides by the number of
   relevant items in the top 1,000 (DeepHash-pytorch's `CalcTopMap`). Precision within Hamming radius 2
   counts 0 for a query with an empty ball. See `drlih_jax/metrics.py`.
+- Database order: the CIFAR-10 database is stored class by class. Ranked in that order ("stored"), the
+  stable metrics reward codes that put many images on one code (all-equal codes would score ~0.21 mAP@all
+  instead of chance, 0.10). Sections whose database order is `shuffled (seed 0)` rank the database in one
+  fixed pseudo-random order (the default, `train.eval_database_order`; see `drlih_jax/evaluate.py`), where
+  tie-breaking is as good as random and stable and tie-aware numbers agree closely. The tie-aware,
+  radius and precision-recall numbers do not depend on the order.
 - Cells: mean ± sample standard deviation over seeds (ddof 1), (n) = number of seeds; no spread with n = 1.
 - Data: the CIFAR-10 JPEG copy in `../shared/data` is lossy re-encoded (JPEG quality 75, 4:2:0 chroma), so
   these numbers are close to, not identical with, numbers on the original CIFAR-10 pixels.
@@ -1063,7 +1094,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         itq_features = pixel_pca["pixels"]
     else:
       features = backbone_features(run_config(args, spec.feature_run), spec.feature_run.workdir, data)
-    record = run_baselines(spec, features, data, itq_features)
+    record = run_baselines(spec, features, data, itq_features,
+                           run_config(args, spec.feature_run or runs[0]).train.eval_database_order)
     record["wall_s"] = time.time() - started
     os.makedirs(os.path.dirname(spec.path), exist_ok=True)
     with open(spec.path, "w") as f:

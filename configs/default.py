@@ -89,5 +89,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 500
   config.train.keep_checkpoints = 3
   config.train.eval_batch_size = 1024
+  config.train.eval_database_order = "shuffled"  # ties of the stable metrics: "shuffled" | "stored"
   config.train.max_nonfinite_in_a_row = 10
   return config

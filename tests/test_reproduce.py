@@ -268,6 +268,8 @@ def test_tiny_real_run_lands_in_the_table(cifar_subset, tmp_path):
     (setting,) = json.load(f)["settings"]
   (run,) = setting["runs"]
   assert run["metrics"]["map"] == final["map"] and run["wall_s"] > 0
+  assert run["database_order"] == final["database_order"] == "shuffled (seed 0)"
+  assert run["curve"][-1]["map_average_ties_trained"] == final["map_average_ties"]["8"]
   assert [p["step"] for p in run["curve"]] == [2, 4] and all(p["wall_s"] > 0 for p in run["curve"])
   assert setting["split_sizes"] == "120 training images, 30 queries, 120 database images"
   assert os.path.exists(os.path.join(workdir, "splits.json"))
@@ -275,6 +277,7 @@ def test_tiny_real_run_lands_in_the_table(cifar_subset, tmp_path):
   value = final["map"]["8"]
   assert 0.0 < value <= 1.0
   text = open(os.path.join(out, "RESULTS.md")).read()
+  assert "- Database order of the stable metrics: `shuffled (seed 0)`\n" in text
   assert _table(text, "mAP@all (stable ties)", "triplet") == [f"{value:.4f} (1)"]
   for row in ("LSH (pixels)", "ITQ (pixels)", "LSH (triplet-model features)", "ITQ (triplet-model features)"):
     cell = _table(text, "mAP@all (stable ties)", row)[0]
