@@ -22,10 +22,14 @@ Resuming: a run whose workdir has its final `eval_<steps>.json` is not trained a
 resumes from its newest checkpoint (train.py). Baselines whose JSON exists are skipped likewise. SIGTERM or
 Ctrl-C during training checkpoints the current run at its current step and stops (exit status 130); the
 results JSON and RESULTS.md are rewritten after every finished run and baseline, so they hold what finished.
+`--reevaluate` evaluates finished runs again from their final checkpoints and recomputes the baselines
+(after a change to the evaluation, e.g. `--set train.eval_database_order=stored`), keeping the training wall
+times.
 
 Per run, the wall time of `train_and_evaluate` (data loading from the in-process cache, compilation,
 training, evaluations) is recorded, and `train.eval_every` evaluations give a learning curve: mAP@all of
-the trained length against the wall time since the run started (earlier evaluations included).
+the trained length (stable and tie-aware; the plot shows tie-aware) against the wall time since the run
+started (earlier evaluations included).
 
 Outputs in `--out`: `results_<protocol>_<steps>steps.json` (every run, baseline and the setting: command,
 config, data, machine), `plots/` (mAP against bits, learning curves) and `RESULTS.md` (or `--results-md`).
@@ -466,6 +470,20 @@ def train_one(config, spec: RunSpec, data=None) -> float:
   with open(os.path.join(spec.workdir, "reproduce_timing.json"), "w") as f:
     json.dump({"started": started, "wall_s": wall, "resumed": resumed}, f)
   return wall
+
+
+def reevaluate_run(config, spec: RunSpec, steps: int, data=None) -> str:
+  """Rewrites a finished run's eval_<steps>.json from its step-`steps` checkpoint under `config`.
+
+  The file keeps its modification time, from which the learning curve reads the wall time of the point,
+  and reproduce_timing.json (the training wall time) is left as it is.
+  """
+  from drlih_jax import train  # pylint: disable=g-import-not-at-top
+  path = os.path.join(spec.workdir, f"eval_{steps}.json")
+  written = os.stat(path)
+  train.evaluate_checkpoint(config, spec.workdir, step=steps, data=data)
+  os.utime(path, ns=(written.st_atime_ns, written.st_mtime_ns))
+  return path
 
 
 # --------------------------------------------------------------------------------------------------
@@ -979,6 +997,9 @@ def parse_args(argv: Sequence[str] | None = None):
                  help="only write --results-md from these result JSONs / RESULTS.md files (no training)")
   p.add_argument("--no-compile-cache", action="store_true", help="no persistent XLA cache in <out>/jax_cache")
   p.add_argument("--dry-run", action="store_true", help="print the runs and baselines, do nothing")
+  p.add_argument("--reevaluate", action="store_true",
+                 help="evaluate finished runs again from their final checkpoints and recompute the baselines "
+                      "(after a change to the evaluation); training wall times and curve times are kept")
   p.add_argument("--verbose", action="store_true", help="training logs at INFO")
   args = p.parse_args(argv)
   args.bits_list = _int_list(args.bits, "bits")
@@ -1065,7 +1086,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   load_data = DataCache()
   for i, spec in enumerate(runs):
     tag = f"[{i + 1}/{len(runs)}] {spec.name}"
-    if run_finished(spec, steps):
+    if run_finished(spec, steps) and args.reevaluate:
+      config = run_config(args, spec)
+      reevaluate_run(config, spec, steps, load_data(config.dataset))
+      print(f"{tag}: evaluated again from its step-{steps} checkpoint", flush=True)
+    elif run_finished(spec, steps):
       print(f"{tag}: done before, skipped", flush=True)
     else:
       print(f"{tag}: training {steps} steps in {spec.workdir}", flush=True)
@@ -1078,7 +1103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{tag}: mAP@all " + ", ".join(f"{k} bits {v:.4f}" for k, v in sorted(
         record["metrics"]["map"].items(), key=lambda kv: int(kv[0]))), flush=True)
   for spec in specs:
-    if os.path.exists(spec.path):
+    if os.path.exists(spec.path) and not args.reevaluate:
       with open(spec.path) as f:
         setting["baselines"].append(json.load(f))
       print(f"baseline {spec.name}: done before, skipped", flush=True)

@@ -358,9 +358,13 @@ def _restore_for_eval(setup, workdir, step):
   return state, step
 
 
-def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> str:
-  """Restores the latest (or `step`) checkpoint, evaluates it, writes eval_<step>.json; returns its path."""
-  setup = _Setup(config, workdir)
+def evaluate_checkpoint(config, workdir: str, step: int | None = None,
+                        data: protocols.RetrievalData | None = None) -> str:
+  """Restores the latest (or `step`) checkpoint, evaluates it, writes eval_<step>.json; returns its path.
+
+  `data`: the protocol's splits, already loaded (as in `train_and_evaluate`); None loads them.
+  """
+  setup = _Setup(config, workdir, data)
   state, step = _restore_for_eval(setup, workdir, step)
   report, query_codes, db_codes = setup.evaluate(state)
   return evaluate.write_report(workdir, step, report, config, setup.data, query_codes, db_codes)

@@ -288,3 +288,20 @@ def test_tiny_real_run_lands_in_the_table(cifar_subset, tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "triplet_8b_seed0: done before, skipped" in proc.stdout
   assert "baseline triplet_seed0: done before, skipped" in proc.stdout
+  # --reevaluate: the finished run and the baselines are evaluated again under the changed evaluation config;
+  # the training wall time and the curve's times stay.
+  proc = subprocess.run([sys.executable, "-c", _NO_TF] + argv + ["--reevaluate", "--set",
+                                                                 "train.eval_database_order=stored"],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert "triplet_8b_seed0: evaluated again from its step-4 checkpoint" in proc.stdout
+  with open(os.path.join(workdir, "eval_4.json")) as f:
+    again = json.load(f)
+  assert again["database_order"] == "stored"
+  assert again["map_average_ties"] == final["map_average_ties"]  # does not depend on the order
+  with open(os.path.join(out, "results_cifar10-2_4steps.json")) as f:
+    (setting_again,) = json.load(f)["settings"]
+  (run_again,) = setting_again["runs"]
+  assert run_again["database_order"] == "stored" and run_again["wall_s"] == run["wall_s"]
+  assert [p["wall_s"] for p in run_again["curve"]] == [p["wall_s"] for p in run["curve"]]
+  assert {b["database_order"] for b in setting_again["baselines"]} == {"stored"}
