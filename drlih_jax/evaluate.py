@@ -14,6 +14,9 @@ default ("shuffled") the database is ranked in one fixed pseudo-random order (a 
 random. "stored" ranks it in its stored order (splits.json), as code that sorts the database list with a
 stable sort does. Tie-aware metrics, precision within a radius and the precision-recall curve do not
 depend on the order.
+
+The report also holds `code_usage` (distinct database codes and the mean tie-group size per length): codes
+that put many images on one code show it there, whatever the metric.
 """
 
 from __future__ import annotations
@@ -76,7 +79,27 @@ def report_for_codes(query_codes, db_codes, query_labels, db_labels, prefix_leng
   report = metrics.full_report(query_codes, db_codes, query_labels, db_labels,
                                prefix_lengths=prefix_lengths, ks=PRECISION_KS, top_k=MAP_TOP_K)
   report["database_order"] = database_order_label(order)
+  report["code_usage"] = code_usage(db_codes, report["map"].keys())
   return report
+
+
+def code_usage(db_codes, prefix_lengths) -> dict:
+  """How many distinct codes the database uses, per prefix length, and how large its tie groups are.
+
+  Returns:
+    {"L": {"distinct": number of distinct L-bit codes, "mean_tie_group": sum_c n_c^2 / N, the expected
+    number of database items (itself included) sharing the code of a database item drawn at random}}.
+  """
+  codes = np.asarray(db_codes, np.uint8)
+  out = {}
+  for length in sorted(int(L) for L in prefix_lengths):
+    if not len(codes):
+      out[str(length)] = {"distinct": 0, "mean_tie_group": 0.0}
+      continue
+    _, counts = np.unique(np.packbits(codes[:, :length], axis=1), axis=0, return_counts=True)
+    counts = counts.astype(np.float64)
+    out[str(length)] = {"distinct": int(len(counts)), "mean_tie_group": float(np.sum(counts ** 2) / len(codes))}
+  return out
 
 
 def database_order_label(order: str) -> str:

@@ -371,9 +371,12 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None,
 
 
 def encode_checkpoint(config, workdir: str, split: str, output: str | None = None,
-                      step: int | None = None) -> str:
-  """Writes a split's greedy codes, bit-packed as uint8 rows (faiss IndexBinary layout), to an .npz."""
-  setup = _Setup(config, workdir)
+                      step: int | None = None, data: protocols.RetrievalData | None = None) -> str:
+  """Writes a split's greedy codes, bit-packed as uint8 rows (faiss IndexBinary layout), to an .npz.
+
+  `data`: the protocol's splits, already loaded (as in `train_and_evaluate`); None loads them.
+  """
+  setup = _Setup(config, workdir, data)
   state, step = _restore_for_eval(setup, workdir, step)
   splits = {"query": setup.data.query, "database": setup.data.database, "train": setup.data.train}
   if split not in splits:

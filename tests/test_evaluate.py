@@ -85,3 +85,15 @@ def test_config_chooses_the_order_and_bad_values_name_the_key():
     config_validation.validate(config)
   with pytest.raises(ValueError, match="train.eval_database_order"):
     evaluate.database_order(10, "sorted")
+
+
+def test_code_usage_counts_distinct_codes_and_tie_groups_by_hand():
+  codes = np.array([[0, 0, 1], [0, 0, 1], [0, 1, 0], [1, 1, 1], [0, 0, 1]], np.uint8)
+  usage = evaluate.code_usage(codes, ["1", "2", "3"])
+  # 1 bit: groups {0: 4 rows, 1: 1 row}; 2 bits: {00: 3, 01: 1, 11: 1}; 3 bits: {001: 3, 010: 1, 111: 1}.
+  assert usage["1"] == {"distinct": 2, "mean_tie_group": (16 + 1) / 5}
+  assert usage["2"] == {"distinct": 3, "mean_tie_group": (9 + 1 + 1) / 5}
+  assert usage["3"] == {"distinct": 3, "mean_tie_group": (9 + 1 + 1) / 5}
+  q_labels, x_labels = np.array([0]), np.array([0, 0, 1, 1, 0])
+  report = evaluate.report_for_codes(codes[:1], codes, q_labels, x_labels, [2, 3])
+  assert report["code_usage"] == {"2": usage["2"], "3": usage["3"]}
