@@ -371,9 +371,6 @@ class DataCache:
       self._data[key] = protocols.load_retrieval_data(dataset_config)
     return self._data[key]
 
-  def __len__(self):
-    return len(self._data)
-
 
 # --------------------------------------------------------------------------------------------------
 # Machine.
@@ -1086,17 +1083,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   load_data = DataCache()
   for i, spec in enumerate(runs):
     tag = f"[{i + 1}/{len(runs)}] {spec.name}"
-    if run_finished(spec, steps) and args.reevaluate:
-      config = run_config(args, spec)
-      reevaluate_run(config, spec, steps, load_data(config.dataset))
-      print(f"{tag}: evaluated again from its step-{steps} checkpoint", flush=True)
-    elif run_finished(spec, steps):
-      print(f"{tag}: done before, skipped", flush=True)
-    else:
+    config = run_config(args, spec)
+    if not run_finished(spec, steps):
       print(f"{tag}: training {steps} steps in {spec.workdir}", flush=True)
-      config = run_config(args, spec)
       wall = train_one(config, spec, load_data(config.dataset))
       print(f"{tag}: {wall:.1f} s", flush=True)
+    elif args.reevaluate:
+      reevaluate_run(config, spec, steps, load_data(config.dataset))
+      print(f"{tag}: evaluated again from its step-{steps} checkpoint", flush=True)
+    else:
+      print(f"{tag}: done before, skipped", flush=True)
     record = run_record(spec, steps)
     setting["runs"].append(record)
     write_outputs(plots=False)
@@ -1109,7 +1105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       print(f"baseline {spec.name}: done before, skipped", flush=True)
       continue
     started = time.time()
-    data = load_data(run_config(args, spec.feature_run or runs[0]).dataset)
+    config = run_config(args, spec.feature_run or runs[0])
+    data = load_data(config.dataset)
     itq_features = None
     if spec.features == "pixels":
       features = {s: pixel_features(getattr(data, s).images) for s in ("train", "query", "database")}
@@ -1118,9 +1115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           pixel_pca["pixels"] = pca_reduce(features, PIXEL_PCA_DIMS)
         itq_features = pixel_pca["pixels"]
     else:
-      features = backbone_features(run_config(args, spec.feature_run), spec.feature_run.workdir, data)
-    record = run_baselines(spec, features, data, itq_features,
-                           run_config(args, spec.feature_run or runs[0]).train.eval_database_order)
+      features = backbone_features(config, spec.feature_run.workdir, data)
+    record = run_baselines(spec, features, data, itq_features, config.train.eval_database_order)
     record["wall_s"] = time.time() - started
     os.makedirs(os.path.dirname(spec.path), exist_ok=True)
     with open(spec.path, "w") as f:
