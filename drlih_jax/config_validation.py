@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from drlih_jax import evaluate
 from drlih_jax import models
 
 OBJECTIVES = ("drlih", "triplet", "official")
 REWARDS = ("batch", "triplet")
-DATABASE_ORDERS = ("shuffled", "stored")  # train.eval_database_order (drlih_jax/evaluate.py)
 
 # Keys whose change between a checkpointed run and its resume changes parameter shapes or data splits.
 RESUME_KEYS = ("objective", "hash.bits", "hash.group", "model.backbone", "model.widths", "model.feature_dim",
@@ -38,8 +38,8 @@ def validate(config) -> None:
   if not 0.0 < config.rl.gamma <= 1.0:
     raise ValueError(f"rl.gamma={config.rl.gamma} must lie in (0, 1]")
   order = config.train.get("eval_database_order", "shuffled")
-  if order not in DATABASE_ORDERS:
-    raise ValueError(f"train.eval_database_order must be one of {DATABASE_ORDERS}, got {order!r}")
+  if order not in evaluate.DATABASE_ORDERS:
+    raise ValueError(f"train.eval_database_order must be one of {evaluate.DATABASE_ORDERS}, got {order!r}")
   if config.train.steps < 1:
     raise ValueError(f"train.steps={config.train.steps} must be >= 1")
   models.compute_dtype(config)
