@@ -288,26 +288,65 @@ def _initial_counters(hist, packed: bool):
   return table0
 
 
+def _top_k_sums(terms, ranks, rel, ks, s_k, c_k, count_k):
+  """Adds a block's relevant-rank / rank terms and relevant hits with rank <= k, for each k in `ks`."""
+  masked, hits = [], []
+  for term, rank, is_rel in zip(terms, ranks, rel):
+    inside = rank[None, :] <= ks[:, None]  # (n_k, Q)
+    masked.append(jnp.where(inside, term[None, :], 0.0))
+    hits.append((inside & is_rel[None, :]).astype(jnp.int32))
+  s_k, c_k = _kahan(s_k, c_k, _pairwise_sum(masked))
+  return s_k, c_k, count_k + _pairwise_sum(hits)
+
+
+def _walk_database(block_step, q_words, q_labels, hist, db_words, db_labels, ks, *, chunk: int, block: int,
+                   multi: bool, packed: bool, with_distances: bool):
+  """Runs a stable kernel's `block_step` over the database in index order; returns its sums.
+
+  The database is walked in chunks of `chunk` items (distances and relevance materialised), each
+  scanned in blocks of `block` items. `block_step(carry, xs)` gets the carry (counter table, sum_all,
+  comp_all, sum_k, comp_k, count_k) and xs = (rel, index), or (distances, rel, index) when
+  `with_distances`, each (block, Q); index = distance * Q + query is the counter of (distance, query).
+  """
+  num_q = q_words.shape[0]
+  n_k = ks.shape[0]
+  q_index = jnp.arange(num_q, dtype=jnp.int32)
+
+  def chunk_step(carry, xs):
+    words, labels = xs
+    dist = _distances(words, q_words)  # (chunk, Q)
+    rel = _relevance(labels, q_labels, multi)
+    # Counter index distance * Q + query, computed once per chunk (cheaper than per block).
+    index = dist * num_q + q_index[None, :]
+    parts = (dist, rel, index) if with_distances else (rel, index)
+    shape = (chunk // block, block, num_q)
+    carry, _ = jax.lax.scan(block_step, carry, tuple(part.reshape(shape) for part in parts))
+    return carry, None
+
+  zeros_q = jnp.zeros((num_q,), jnp.float32)
+  zeros_kq = jnp.zeros((n_k, num_q), jnp.float32)
+  carry0 = (_initial_counters(hist, packed), zeros_q, zeros_q, zeros_kq, zeros_kq,
+            jnp.zeros((n_k, num_q), jnp.int32))
+  carry, _ = jax.lax.scan(chunk_step, carry0, _blocked(db_words, db_labels, chunk))
+  _, s_all, c_all, s_k, c_k, count_k = carry
+  return s_all, c_all, s_k, c_k, count_k
+
+
 @functools.partial(jax.jit, static_argnames=("num_bits", "chunk", "block", "multi", "packed"))
 def _stable_kernel(q_words, q_labels, hist, db_words, db_labels, ks, *, num_bits: int, chunk: int,
                    block: int, multi: bool, packed: bool):
   """Stable-tie sums per query.
 
-  The database is walked in index order: chunks of `chunk` items (distances and relevance
-  materialised), each scanned in blocks of `block` items. Padding rows at the end (never relevant)
-  only move counters after the last real item. With `packed` (padded database < 2^16 items) the two
-  counters share one int32 (all | relevant << 16): one gather and one scatter per item instead of
-  two-wide ones (~20% faster on CPU). Returns (sum_all, comp_all, sum_k, comp_k, count_k):
-  the sum over relevant items of relevant-rank / rank (Kahan sum and compensation, float32, (Q,)),
-  the same restricted to rank <= k for each k in `ks` ((n_k, Q)), and the number of relevant items
-  with rank <= k ((n_k, Q) int32).
+  The database is walked in index order (`_walk_database`): chunks of `chunk` items, each scanned in
+  blocks of `block` items whose items are resolved against each other by pairwise comparisons. Padding
+  rows at the end (never relevant) only move counters after the last real item. With `packed` (padded
+  database < 2^16 items) the two counters share one int32 (all | relevant << 16): one gather and one
+  scatter per item instead of two-wide ones (~20% faster on CPU). Returns (sum_all, comp_all, sum_k,
+  comp_k, count_k): the sum over relevant items of relevant-rank / rank (Kahan sum and compensation,
+  float32, (Q,)), the same restricted to rank <= k for each k in `ks` ((n_k, Q)), and the number of
+  relevant items with rank <= k ((n_k, Q) int32).
   """
   num_q = q_words.shape[0]
-  n_k = ks.shape[0]
-  table0 = _initial_counters(hist, packed)
-  q_index = jnp.arange(num_q, dtype=jnp.int32)
-  zeros_q = jnp.zeros((num_q,), jnp.float32)
-  zeros_kq = jnp.zeros((n_k, num_q), jnp.float32)
 
   def block_step(carry, xs):
     table, s_all, c_all, s_k, c_k, count_k = carry
@@ -329,14 +368,8 @@ def _stable_kernel(q_words, q_labels, hist, db_words, db_labels, ks, *, num_bits
       terms.append(jnp.where(rel[t], rel_rank.astype(jnp.float32) / rank.astype(jnp.float32), 0.0))
       ranks.append(rank)
     s_all, c_all = _kahan(s_all, c_all, _pairwise_sum(terms))
-    if n_k:
-      masked, hits = [], []
-      for t in range(block):
-        inside = ranks[t][None, :] <= ks[:, None]  # (n_k, Q)
-        masked.append(jnp.where(inside, terms[t][None, :], 0.0))
-        hits.append((inside & rel[t][None, :]).astype(jnp.int32))
-      s_k, c_k = _kahan(s_k, c_k, _pairwise_sum(masked))
-      count_k = count_k + _pairwise_sum(hits)
+    if ks.shape[0]:
+      s_k, c_k, count_k = _top_k_sums(terms, ranks, rel, ks, s_k, c_k, count_k)
     # The update reads `seen` (min(., 1) == 1) so that XLA orders the gather before the in-place
     # scatter instead of copying the whole table every block.
     ones = jnp.minimum(seen_all + 1, 1)
@@ -347,21 +380,8 @@ def _stable_kernel(q_words, q_labels, hist, db_words, db_labels, ks, *, num_bits
     table = table.at[index].add(update, mode="promise_in_bounds")
     return (table, s_all, c_all, s_k, c_k, count_k), None
 
-  def chunk_step(carry, xs):
-    words, labels = xs
-    dist = _distances(words, q_words)  # (chunk, Q)
-    rel = _relevance(labels, q_labels, multi)
-    # Counter index distance * Q + query, computed once per chunk (cheaper than per block).
-    index = dist * num_q + q_index[None, :]
-    shape = (chunk // block, block, num_q)
-    carry, _ = jax.lax.scan(block_step, carry,
-                            (dist.reshape(shape), rel.reshape(shape), index.reshape(shape)))
-    return carry, None
-
-  carry0 = (table0, zeros_q, zeros_q, zeros_kq, zeros_kq, jnp.zeros((n_k, num_q), jnp.int32))
-  carry, _ = jax.lax.scan(chunk_step, carry0, _blocked(db_words, db_labels, chunk))
-  _, s_all, c_all, s_k, c_k, count_k = carry
-  return s_all, c_all, s_k, c_k, count_k
+  return _walk_database(block_step, q_words, q_labels, hist, db_words, db_labels, ks, chunk=chunk,
+                        block=block, multi=multi, packed=packed, with_distances=True)
 
 
 @functools.partial(jax.jit, static_argnames=("num_bits", "chunk", "block", "multi", "packed"))
@@ -376,12 +396,6 @@ def _stable_kernel_sequential(q_words, q_labels, hist, db_words, db_labels, ks, 
   per (item, query) pair instead of block / 2 comparisons: on a 2-core CPU with 1,000 queries x
   59,000 items this kernel took ~0.7x the time of the pairwise one (blocks of 32 vs 16).
   """
-  num_q = q_words.shape[0]
-  n_k = ks.shape[0]
-  table0 = _initial_counters(hist, packed)
-  q_index = jnp.arange(num_q, dtype=jnp.int32)
-  zeros_q = jnp.zeros((num_q,), jnp.float32)
-  zeros_kq = jnp.zeros((n_k, num_q), jnp.float32)
 
   def block_step(carry, xs):
     table, s_all, c_all, s_k, c_k, count_k = carry
@@ -402,29 +416,12 @@ def _stable_kernel_sequential(q_words, q_labels, hist, db_words, db_labels, ks, 
       update = ones + (rel_int[t] << 16) if packed else jnp.stack([ones, rel_int[t]], axis=-1)
       table = table.at[index[t]].add(update, mode="promise_in_bounds", unique_indices=True)
     s_all, c_all = _kahan(s_all, c_all, _pairwise_sum(terms))
-    if n_k:
-      masked, hits = [], []
-      for t in range(block):
-        inside = ranks[t][None, :] <= ks[:, None]  # (n_k, Q)
-        masked.append(jnp.where(inside, terms[t][None, :], 0.0))
-        hits.append((inside & rel[t][None, :]).astype(jnp.int32))
-      s_k, c_k = _kahan(s_k, c_k, _pairwise_sum(masked))
-      count_k = count_k + _pairwise_sum(hits)
+    if ks.shape[0]:
+      s_k, c_k, count_k = _top_k_sums(terms, ranks, rel, ks, s_k, c_k, count_k)
     return (table, s_all, c_all, s_k, c_k, count_k), None
 
-  def chunk_step(carry, xs):
-    words, labels = xs
-    dist = _distances(words, q_words)  # (chunk, Q)
-    rel = _relevance(labels, q_labels, multi)
-    index = dist * num_q + q_index[None, :]
-    shape = (chunk // block, block, num_q)
-    carry, _ = jax.lax.scan(block_step, carry, (rel.reshape(shape), index.reshape(shape)))
-    return carry, None
-
-  carry0 = (table0, zeros_q, zeros_q, zeros_kq, zeros_kq, jnp.zeros((n_k, num_q), jnp.int32))
-  carry, _ = jax.lax.scan(chunk_step, carry0, _blocked(db_words, db_labels, chunk))
-  _, s_all, c_all, s_k, c_k, count_k = carry
-  return s_all, c_all, s_k, c_k, count_k
+  return _walk_database(block_step, q_words, q_labels, hist, db_words, db_labels, ks, chunk=chunk,
+                        block=block, multi=multi, packed=packed, with_distances=False)
 
 
 STABLE_METHODS = ("pairwise", "sequential", "numba")
