@@ -97,3 +97,15 @@ def test_code_usage_counts_distinct_codes_and_tie_groups_by_hand():
   q_labels, x_labels = np.array([0]), np.array([0, 0, 1, 1, 0])
   report = evaluate.report_for_codes(codes[:1], codes, q_labels, x_labels, [2, 3])
   assert report["code_usage"] == {"2": usage["2"], "3": usage["3"]}
+
+
+def test_code_usage_of_codes_longer_than_one_word_matches_row_counting():
+  rng = np.random.default_rng(5)
+  codes = rng.integers(0, 2, (400, 70), dtype=np.uint8)
+  codes[200:] = codes[:200]             # every row appears at least twice
+  codes[:50, 65:] = 0                   # rows that differ only past bit 64 in some pairs
+  for length in (3, 64, 65, 70):
+    _, counts = np.unique(codes[:, :length], axis=0, return_counts=True)
+    usage = evaluate.code_usage(codes, [length])[str(length)]
+    assert usage["distinct"] == len(counts)
+    assert usage["mean_tie_group"] == pytest.approx(np.sum(counts.astype(np.float64) ** 2) / 400, rel=1e-12)
