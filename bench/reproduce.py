@@ -752,15 +752,11 @@ def _curve_value(point: dict) -> float | None:
 
 def write_plots(setting: dict, plots_dir: str) -> list[str]:
   """mAP@all against bits (mean ± sd per row) and the learning curves of one setting; returns paths."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  os.makedirs(plots_dir, exist_ok=True)
+  from drlih_jax import reports  # pylint: disable=g-import-not-at-top  (matplotlib loads slowly)
   slug = _slug(setting_title(setting))
   paths = []
   rows = table_rows(setting)
-  fig = Figure(figsize=(6.5, 4.5), dpi=100)
-  FigureCanvasAgg(fig)
-  ax = fig.add_subplot(1, 1, 1)
+  fig, ax = reports.new_figure(figsize=(6.5, 4.5))
   for label in sorted(rows, key=_row_order):
     per_length = rows[label].get("map", {})
     if not per_length:
@@ -775,16 +771,12 @@ def write_plots(setting: dict, plots_dir: str) -> list[str]:
   ax.set_title(setting_title(setting), fontsize=9)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
-  path = os.path.join(plots_dir, f"{slug}_map_vs_bits.png")
-  fig.savefig(path)
-  paths.append(path)
+  paths.append(reports.save_figure(fig, os.path.join(plots_dir, f"{slug}_map_vs_bits.png")))
 
   curves = [r for r in setting.get("runs", [])
             if sum(p.get("wall_s") is not None for p in r.get("curve", [])) > 1]
   if curves:
-    fig = Figure(figsize=(6.5, 4.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = reports.new_figure(figsize=(6.5, 4.5))
     for run in curves:
       pts = [p for p in run["curve"] if p.get("wall_s") is not None and _curve_value(p) is not None]
       ax.plot([p["wall_s"] for p in pts], [_curve_value(p) for p in pts], marker=".", label=run["name"])
@@ -793,9 +785,7 @@ def write_plots(setting: dict, plots_dir: str) -> list[str]:
     ax.set_title(f"learning curves: {setting_title(setting)}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
-    path = os.path.join(plots_dir, f"{slug}_learning_curves.png")
-    fig.savefig(path)
-    paths.append(path)
+    paths.append(reports.save_figure(fig, os.path.join(plots_dir, f"{slug}_learning_curves.png")))
   return paths
 
 

@@ -26,13 +26,15 @@ QUERY_FRAME = (60, 90, 200)
 BACKGROUND = (255, 255, 255)
 
 
-def _new_figure(figsize=(5.5, 4.0)):
+def new_figure(figsize=(5.5, 4.0)):
+  """A pyplot-free figure with one axes: (figure, axes)."""
   fig = Figure(figsize=figsize, dpi=100)
   FigureCanvasAgg(fig)
   return fig, fig.add_subplot(1, 1, 1)
 
 
-def _save(fig, path: str) -> str:
+def save_figure(fig, path: str) -> str:
+  """Writes `fig` as a PNG (creating the folder, tight layout); returns `path`."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fig.tight_layout()
@@ -58,7 +60,7 @@ def plot_pr_curves(curves: Mapping[int, tuple[Sequence[float], Sequence[float]]]
   """
   if not curves:
     raise ValueError("plot_pr_curves: no curves given")
-  fig, ax = _new_figure()
+  fig, ax = new_figure()
   for bits in _sorted_lengths(curves):
     precision, recall = (np.asarray(a, np.float64) for a in curves[bits])
     if precision.shape != recall.shape:
@@ -72,7 +74,7 @@ def plot_pr_curves(curves: Mapping[int, tuple[Sequence[float], Sequence[float]]]
   ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend()
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_precision_at_k(curves: Mapping[int, tuple[Sequence[int], Sequence[float]]], path: str,
@@ -89,7 +91,7 @@ def plot_precision_at_k(curves: Mapping[int, tuple[Sequence[int], Sequence[float
   """
   if not curves:
     raise ValueError("plot_precision_at_k: no curves given")
-  fig, ax = _new_figure()
+  fig, ax = new_figure()
   for bits in _sorted_lengths(curves):
     ks, values = (np.asarray(a, np.float64) for a in curves[bits])
     if ks.shape != values.shape:
@@ -103,7 +105,7 @@ def plot_precision_at_k(curves: Mapping[int, tuple[Sequence[int], Sequence[float
   ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend()
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_map_vs_bits(series: Mapping[str, Mapping[int, float]], path: str,
@@ -120,7 +122,7 @@ def plot_map_vs_bits(series: Mapping[str, Mapping[int, float]], path: str,
   """
   if not series:
     raise ValueError("plot_map_vs_bits: no series given")
-  fig, ax = _new_figure()
+  fig, ax = new_figure()
   all_bits = set()
   for label, values in series.items():
     bits = _sorted_lengths(values)
@@ -133,7 +135,7 @@ def plot_map_vs_bits(series: Mapping[str, Mapping[int, float]], path: str,
   ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend()
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def write_plots(report: Mapping, out_dir: str) -> list[str]:
