@@ -21,15 +21,17 @@ that put many images on one code show it there, whatever the metric.
 
 from __future__ import annotations
 
+import io
 import json
-import os
 
 from absl import logging
+from etils import epath
 import jax
 import numpy as np
 
-from drlih_jax import input_pipeline
+from drlih_jax import errors
 from drlih_jax import metrics
+from drlih_jax import sharding as sharding_lib
 
 PRECISION_KS = (100, 500, 1000)
 MAP_TOP_K = (1000,)
@@ -37,13 +39,26 @@ DATABASE_ORDERS = ("shuffled", "stored")
 DATABASE_ORDER_SEED = 0
 
 
-def eval_lengths(config) -> list[int]:
-  """The trained length and its evaluated prefixes, ascending, each <= hash.bits."""
-  lengths = sorted({int(b) for b in config.hash.eval_bits} | {int(config.hash.bits)})
-  bad = [b for b in lengths if b < 1 or b > config.hash.bits]
+def check_config(config) -> None:
+  """Checks the evaluation keys: `hash.eval_bits`, `train.eval_database_order`, `train.eval_batch_size`."""
+  bits = config.hash.bits
+  eval_bits = config.hash.eval_bits
+  if isinstance(eval_bits, (int, str)) or not all(isinstance(b, int) and not isinstance(b, bool)
+                                                  for b in eval_bits):
+    raise errors.ConfigError(f"hash.eval_bits must be a tuple of ints, got {eval_bits!r}")
+  bad = sorted(b for b in eval_bits if b < 1 or b > bits)
   if bad:
-    raise ValueError(f"hash.eval_bits {bad} must lie in 1..hash.bits={config.hash.bits}")
-  return lengths
+    raise errors.ConfigError(f"hash.eval_bits {bad} must lie in 1..hash.bits={bits} (prefixes of the code)")
+  order = config.train.get("eval_database_order", "shuffled")
+  if order not in DATABASE_ORDERS:
+    raise errors.ConfigError(f"train.eval_database_order must be one of {DATABASE_ORDERS}, got {order!r}")
+  if config.train.eval_batch_size < 1:
+    raise errors.ConfigError(f"train.eval_batch_size must be >= 1, got {config.train.eval_batch_size!r}")
+
+
+def eval_lengths(config) -> list[int]:
+  """The trained length and its evaluated prefixes, ascending (checked by `check_config`)."""
+  return sorted({int(b) for b in config.hash.eval_bits} | {int(config.hash.bits)})
 
 
 def encode_images(encode_fn, images: np.ndarray, batch_size: int, sharding=None) -> np.ndarray:
@@ -56,15 +71,13 @@ def encode_images(encode_fn, images: np.ndarray, batch_size: int, sharding=None)
     if real < batch_size:
       chunk = np.concatenate([chunk, np.zeros((batch_size - real, *chunk.shape[1:]), chunk.dtype)])
     if sharding is not None:
-      chunk = input_pipeline.put_global(chunk, sharding)
+      chunk = sharding_lib.put_global(chunk, sharding)
     codes.append(np.asarray(jax.device_get(encode_fn(chunk)))[:real])
   return np.concatenate(codes) if codes else np.zeros((0, 0), np.uint8)
 
 
 def database_order(num_database: int, order: str = "shuffled") -> np.ndarray | None:
   """The database positions in ranking order: a fixed permutation ("shuffled") or None ("stored")."""
-  if order not in DATABASE_ORDERS:
-    raise ValueError(f"train.eval_database_order must be one of {DATABASE_ORDERS}, got {order!r}")
   if order == "stored":
     return None
   return np.random.default_rng(DATABASE_ORDER_SEED).permutation(num_database)
@@ -136,21 +149,43 @@ def run_evaluation(encode_fn, data, config, *, batch_size: int, sharding=None):
   return report, query_codes, db_codes
 
 
-def write_report(workdir: str, step: int, report: dict, config, data=None, query_codes=None,
-                 db_codes=None, plots: bool = True) -> str:
-  """Writes eval_<step>.json (and the plots) into the workdir; returns the JSON path."""
+def write_report(workdir, name: str, step: int, report: dict, config, data=None, query_codes=None,
+                 db_codes=None, plots: bool = True, extra: dict | None = None) -> epath.Path:
+  """Writes `<workdir>/<name>.json` (and, with `plots`, its PNGs in `<workdir>/<name>/`); returns the JSON path.
+
+  Args:
+    workdir: the run directory (local or a URL).
+    name: the report's name (`run_record.report_name`: `eval_<step>` or `eval_<step>.<options>`).
+    step: the evaluated checkpoint's step.
+    report: `evaluate_codes`' report.
+    config: the run config (objective, bits and dataset are recorded).
+    data, query_codes, db_codes: for the retrieval grid.
+    plots: write the PR / P@k / mAP-vs-bits plots and the retrieval grid.
+    extra: more JSON fields (e.g. the training wall time at this step).
+  """
   payload = dict(report, step=int(step), objective=config.objective, bits=int(config.hash.bits),
-                 dataset=config.dataset.name)
-  path = os.path.join(workdir, f"eval_{step}.json")
-  with open(path, "w") as f:
-    json.dump(payload, f, indent=1, sort_keys=True)
+                 dataset=config.dataset.name, **(extra or {}))
+  path = epath.Path(workdir) / f"{name}.json"
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(payload, indent=1, sort_keys=True))
   if plots and data is not None:
     from drlih_jax import reports  # pylint: disable=g-import-not-at-top  (matplotlib loads slowly)
-    plot_dir = os.path.join(workdir, f"eval_{step}")
-    os.makedirs(plot_dir, exist_ok=True)
-    reports.write_plots(report, plot_dir)
+    plot_dir = epath.Path(workdir) / name
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    reports.write_plots(report, str(plot_dir))
     reports.retrieval_grid(data.query.images, query_codes, data.query.labels, data.database.images,
-                           db_codes, data.database.labels, os.path.join(plot_dir, "retrieval_grid.png"))
+                           db_codes, data.database.labels, str(plot_dir / "retrieval_grid.png"))
   logging.info("Wrote %s: mAP@all %s", path,
                ", ".join(f"{k} bits {v:.4f}" for k, v in sorted(report["map"].items(), key=lambda kv: int(kv[0]))))
+  return path
+
+
+def write_codes(path, codes: np.ndarray, labels: np.ndarray, ids: np.ndarray, step: int) -> epath.Path:
+  """Writes {0,1} codes packed 8 per byte (faiss IndexBinary layout) with labels and ids to an .npz."""
+  buffer = io.BytesIO()
+  np.savez(buffer, codes=np.packbits(codes, axis=1), bits=np.int32(codes.shape[1]), labels=labels, ids=ids,
+           step=np.int64(step))
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(buffer.getvalue())
   return path

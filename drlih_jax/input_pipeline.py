@@ -14,6 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from drlih_jax import errors
+from drlih_jax import resize as resize_lib
+from drlih_jax import sharding
 from drlih_jax.data import types
 
 
@@ -34,6 +37,39 @@ class DeviceData:
   class_sizes: jax.Array
 
 
+MODES = ("resident", "streaming")
+AUGMENTATIONS = ("", "crop_flip")
+
+
+def check_config(config) -> None:
+  """Checks the `input` block (and the `dataset.mean`/`dataset.std` it normalises with).
+
+  Raises:
+    ConfigError: naming the key.
+    MissingExtraError: `input.mode = "streaming"` without TensorFlow (names the pip command).
+  """
+  input_config = config.input
+  mode = input_config.get("mode", "resident")
+  if mode not in MODES:
+    raise errors.ConfigError(f"input.mode must be one of {MODES}, got {mode!r}")
+  if mode == "streaming":
+    errors.require_module("tensorflow", "input.mode='streaming' (tf.data)", "pip install tensorflow-cpu")
+  if input_config.augment not in AUGMENTATIONS:
+    raise errors.ConfigError(f"input.augment must be one of {AUGMENTATIONS}, got {input_config.augment!r}")
+  if input_config.classes_per_batch < 2:
+    raise errors.ConfigError(f"input.classes_per_batch={input_config.classes_per_batch}: need at least 2 "
+                             "classes per batch so that every anchor has negatives")
+  if input_config.images_per_class < 2:
+    raise errors.ConfigError(f"input.images_per_class={input_config.images_per_class}: need at least 2 so "
+                             "that every anchor has a positive")
+  if input_config.crop_padding < 0:
+    raise errors.ConfigError(f"input.crop_padding must be >= 0, got {input_config.crop_padding!r}")
+  resize_lib.check_config(input_config)
+  if len(config.dataset.mean) != len(config.dataset.std):
+    raise errors.ConfigError(f"dataset.mean {tuple(config.dataset.mean)} and dataset.std "
+                             f"{tuple(config.dataset.std)} must have one entry per channel")
+
+
 def class_membership(labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
   """Per-class member positions, padded to a rectangle: ([C, max], [C])."""
   if labels.ndim == 1:
@@ -48,40 +84,27 @@ def class_membership(labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, 
 
 
 def check_batch_config(sizes: np.ndarray, input_config) -> None:
-  """Raises a ValueError naming the config keys when class-balanced batches cannot be drawn."""
+  """Raises ConfigError naming the config keys when the training split cannot give class-balanced batches."""
   classes_per_batch = input_config.classes_per_batch
   per_class = input_config.images_per_class
-  if classes_per_batch < 2:
-    raise ValueError(f"input.classes_per_batch={classes_per_batch}: need at least 2 classes per batch "
-                     "so that every anchor has negatives")
-  if per_class < 2:
-    raise ValueError(f"input.images_per_class={per_class}: need at least 2 so that every anchor has a positive")
   usable = int(np.sum(sizes >= per_class))
   if usable < classes_per_batch:
-    raise ValueError(
+    raise errors.ConfigError(
         f"the batch is not divisible into class-balanced groups: input.classes_per_batch={classes_per_batch} "
         f"groups of input.images_per_class={per_class} need {classes_per_batch} classes with at least "
         f"{per_class} training images, but only {usable} of {len(sizes)} classes have that many "
         f"(class sizes: {sizes.tolist()})")
 
 
-def to_device(split: types.Split, num_classes: int, input_config, sharding=None) -> DeviceData:
-  """Puts a training split on the device (replicated over `sharding` when given)."""
+def to_device(split: types.Split, num_classes: int, input_config, placement=None) -> DeviceData:
+  """Puts a training split on the device (replicated over the sharding `placement` when given)."""
   table, sizes = class_membership(split.labels, num_classes)
   check_batch_config(sizes, input_config)
   data = DeviceData(images=np.asarray(split.images, np.uint8), labels=np.asarray(split.labels),
                     class_members=table, class_sizes=sizes)
-  if sharding is None:
+  if placement is None:
     return jax.tree.map(jnp.asarray, data)
-  return put_global(data, sharding)
-
-
-def put_global(tree, sharding):
-  """Places host arrays (identical on every process) onto a possibly multi-process `sharding`."""
-  def put(x):
-    x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-  return jax.tree.map(put, tree)
+  return sharding.put_global(data, placement)
 
 
 def sample_positions(rng: jax.Array, data: DeviceData, classes_per_batch: int,

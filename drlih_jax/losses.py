@@ -12,10 +12,37 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from drlih_jax import errors
 from drlih_jax import rl
 
 
 OFFICIAL_LAMBDA = 0.001
+OBJECTIVES = ("drlih", "triplet", "official")
+REWARDS = ("batch", "triplet")
+
+
+def check_config(config) -> None:
+  """Checks `objective` and the `rl` block; raises ConfigError naming the key."""
+  rl_config = config.rl
+  if config.objective not in OBJECTIVES:
+    raise errors.ConfigError(f"objective must be one of {OBJECTIVES}, got {config.objective!r}")
+  if rl_config.reward not in REWARDS:
+    raise errors.ConfigError(f"rl.reward must be one of {REWARDS}, got {rl_config.reward!r}")
+  if config.objective == "drlih" and rl_config.rollouts < 2:
+    raise errors.ConfigError(f"rl.rollouts={rl_config.rollouts}: the leave-one-out baseline needs at least 2")
+  if config.objective == "triplet" and rl_config.beta <= 0:
+    raise errors.ConfigError("objective 'triplet' trains the triplet term alone: rl.beta must be > 0")
+  if rl_config.triplets_per_anchor < 1:
+    raise errors.ConfigError(f"rl.triplets_per_anchor must be >= 1, got {rl_config.triplets_per_anchor!r}")
+  if not 0.0 < rl_config.gamma <= 1.0:
+    raise errors.ConfigError(f"rl.gamma={rl_config.gamma} must lie in (0, 1]")
+  if not 0.0 < rl_config.alpha:
+    raise errors.ConfigError(f"rl.alpha={rl_config.alpha} must be > 0 (the margin per bit)")
+  for key in ("beta", "eta", "triplet_margin"):
+    if rl_config[key] < 0:
+      raise errors.ConfigError(f"rl.{key} must be >= 0, got {rl_config[key]!r}")
+  if not 0.0 <= rl_config.get("official_lambda", OFFICIAL_LAMBDA) <= 1.0:
+    raise errors.ConfigError(f"rl.official_lambda must lie in [0, 1], got {rl_config.official_lambda!r}")
 
 
 def triplet_margin_loss(probs: jax.Array, anchors: jax.Array, positives: jax.Array, negatives: jax.Array,

@@ -1,35 +1,40 @@
-r"""Command line: train, evaluate or encode with a config file.
+r"""Command line: train, evaluate or encode.
 
     python -m drlih_jax.main --config=configs/digits.py --workdir=runs/digits
-    python -m drlih_jax.main --config=configs/digits.py --workdir=runs/digits --mode=eval [--step=N]
-    python -m drlih_jax.main --config=configs/digits.py --workdir=runs/digits --mode=encode --split=database
-Any config key can be overridden: --config.hash.bits=64 --config.objective=triplet.
+    python -m drlih_jax.main --workdir=runs/digits --mode=eval [--step=N]
+    python -m drlih_jax.main --workdir=runs/digits --mode=encode --split=database [--output=codes.npz]
+
+Training needs `--config`; eval and encode read the run's own `config.json` (a `--config` given there is
+checked against it). Any config key can be overridden with `--config.KEY=VALUE` (in eval/encode only the
+evaluation options, see `drlih_jax/run_record.py`). A mistake the user can fix (a bad flag or key, missing
+data, a workdir that holds another run, ...) is reported as one line on stderr with exit status 2 (command
+line) or 1 (everything else), without a traceback and before anything is written.
 """
 
+from __future__ import annotations
+
 import logging as std_logging
-import os
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
-from drlih_jax import train
+from drlih_jax import configuration
+from drlih_jax import errors
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
+flags.DEFINE_string("config", None, "Config file (FILE or FILE:ARG); required to train, optional to eval/encode.")
+flags.DEFINE_string("workdir", None, "Run directory (local path or gs:// URL) for checkpoints, metrics, reports.")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "encode"], "What to do.")
-flags.DEFINE_integer("step", None, "eval/encode: the checkpoint step (default: the latest).")
-flags.DEFINE_string("split", "database", "encode: query, database or train.")
+flags.DEFINE_integer("step", None, "eval/encode: the checkpoint step (default: the latest).", lower_bound=0)
+flags.DEFINE_enum("split", "database", ["query", "database", "train"], "encode: the split to encode.")
 flags.DEFINE_string("output", None, "encode: output .npz path (default: <workdir>/codes_<split>_<step>.npz).")
 flags.DEFINE_string("coordinator_address", None,
                     "Multi-process runs outside Cloud TPU: host:port of process 0 (with --num_processes and "
                     "--process_id). On multi-host Cloud TPU VMs jax.distributed initialises itself.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: the number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
-flags.mark_flags_as_required(["config", "workdir"])
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -39,8 +44,36 @@ class _QuietLibraries(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
 
 
+def _fail(message: str, status: int) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(status)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing with the `--config.KEY=VALUE` overrides split off; errors as one line, status 2.
+
+  Returns:
+    [program, *override arguments] (what `main` receives).
+  """
+  try:
+    rest, overrides = configuration.split_override_args(argv[1:])
+    unparsed = FLAGS([argv[0], *rest])
+  except (flags.Error, errors.ConfigError) as e:
+    _fail(str(e).splitlines()[0], 2)
+  if len(unparsed) > 1:
+    _fail(f"unexpected arguments {unparsed[1:]} (flags are --name=value)", 2)
+  if not FLAGS.workdir:
+    _fail("--workdir is required", 2)
+  if FLAGS.mode == "train" and not FLAGS.config:
+    _fail("--config is required to train (eval and encode read the run's config.json)", 2)
+  if FLAGS.mode != "encode" and FLAGS.output:
+    _fail("--output is for --mode=encode", 2)
+  return [argv[0], *(f"--config.{key}={value}" for key, value in overrides.items())]
+
+
 def _initialize_distributed():
   """Connects the processes of a multi-process run before any other JAX call."""
+  import os  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.coordinator_address:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
@@ -52,25 +85,31 @@ def _initialize_distributed():
                  jax.local_device_count(), jax.device_count())
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+def run(argv: list[str]) -> None:
+  """Runs the mode selected by the flags; `argv[1:]` are the `--config.KEY=VALUE` overrides."""
+  _, overrides = configuration.split_override_args(argv[1:])
+  config_file = configuration.load_file(FLAGS.config) if FLAGS.config else None
+  from drlih_jax import train  # pylint: disable=g-import-not-at-top  (JAX starts here, after the flags)
+  _initialize_distributed()
+  if FLAGS.mode == "train":
+    if FLAGS.step is not None:
+      raise errors.ConfigError("--step is for --mode=eval/encode (training resumes from the newest checkpoint)")
+    train.train_and_evaluate(configuration.apply_overrides(config_file, overrides), FLAGS.workdir)
+  elif FLAGS.mode == "eval":
+    train.evaluate_checkpoint(FLAGS.workdir, step=FLAGS.step, overrides=overrides, config=config_file)
+  else:
+    train.encode_checkpoint(FLAGS.workdir, FLAGS.split, output=FLAGS.output, step=FLAGS.step,
+                            overrides=overrides, config=config_file)
+
+
+def main(argv: list[str]) -> None:
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  _initialize_distributed()
-  config = FLAGS.config
   try:
-    if FLAGS.mode == "train":
-      train.train_and_evaluate(config, FLAGS.workdir)
-    elif FLAGS.mode == "eval":
-      train.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.step)
-    else:
-      train.encode_checkpoint(config, FLAGS.workdir, FLAGS.split, FLAGS.output, FLAGS.step)
-  except (ValueError, FileNotFoundError, OSError) as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    run(argv)
+  except errors.Error as e:
+    _fail(str(e), 1)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -4,6 +4,27 @@ from __future__ import annotations
 
 import optax
 
+from drlih_jax import errors
+
+NAMES = ("adamw", "sgd")
+
+
+def check_config(optim_config) -> None:
+  """Checks the `optim` block; raises ConfigError naming the key."""
+  if optim_config.name not in NAMES:
+    raise errors.ConfigError(f"optim.name must be one of {NAMES}, got {optim_config.name!r}")
+  if not optim_config.learning_rate > 0:
+    raise errors.ConfigError(f"optim.learning_rate must be > 0, got {optim_config.learning_rate!r}")
+  for key in ("weight_decay", "grad_clip", "warmup_steps"):
+    if optim_config[key] < 0:
+      raise errors.ConfigError(f"optim.{key} must be >= 0, got {optim_config[key]!r}")
+  if not 0.0 <= optim_config.momentum < 1.0:
+    raise errors.ConfigError(f"optim.momentum must lie in [0, 1), got {optim_config.momentum!r}")
+  if optim_config.decay_every < 1:
+    raise errors.ConfigError(f"optim.decay_every must be >= 1, got {optim_config.decay_every!r}")
+  if not 0.0 < optim_config.decay_factor <= 1.0:
+    raise errors.ConfigError(f"optim.decay_factor must lie in (0, 1], got {optim_config.decay_factor!r}")
+
 
 def learning_rate_schedule(optim_config, total_steps: int) -> optax.Schedule:
   """AdamW: linear warmup then cosine decay to 0 over `total_steps`; SGD: step decay (the paper's)."""
@@ -12,10 +33,8 @@ def learning_rate_schedule(optim_config, total_steps: int) -> optax.Schedule:
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=optim_config.learning_rate, warmup_steps=warmup,
         decay_steps=max(total_steps, warmup + 1), end_value=0.0)
-  if optim_config.name == "sgd":
-    return optax.exponential_decay(optim_config.learning_rate, transition_steps=optim_config.decay_every,
-                                   decay_rate=optim_config.decay_factor, staircase=True)
-  raise ValueError(f"optim.name must be 'adamw' or 'sgd', got {optim_config.name!r}")
+  return optax.exponential_decay(optim_config.learning_rate, transition_steps=optim_config.decay_every,
+                                 decay_rate=optim_config.decay_factor, staircase=True)
 
 
 def create_optimizer(optim_config, total_steps: int) -> optax.GradientTransformation:

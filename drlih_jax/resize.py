@@ -17,6 +17,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from drlih_jax import errors
+
 
 def resize_images(images: jax.Array, size: int) -> jax.Array:
   """Bilinear resize of [B, H, W, C] to [B, size, size, C] (float32; half-pixel centres, like PIL/torch)."""
@@ -47,14 +49,20 @@ def center_crop(images: jax.Array, size: int) -> jax.Array:
   return images[:, top:top + size, left:left + size, :]
 
 
+def check_config(input_config) -> None:
+  """Checks `input.resize` / `input.crop`: optional non-negative ints (0 or None: off), crop <= resize."""
+  resize, crop = input_config.get("resize"), input_config.get("crop")
+  for key, value in (("input.resize", resize), ("input.crop", crop)):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+      raise errors.ConfigError(f"{key} must be a non-negative int (0 or None: off), got {value!r}")
+  if crop and not resize:
+    raise errors.ConfigError(f"input.crop={crop} needs input.resize (the crop is taken from the resized image)")
+  if crop and crop > resize:
+    raise errors.ConfigError(f"input.crop={crop} is larger than input.resize={resize}")
+
+
 def _sizes(input_config) -> tuple[int, int]:
-  resize = int(input_config.get("resize") or 0)
-  crop = int(input_config.get("crop") or 0)
-  if resize <= 0:
-    raise ValueError(f"input.resize must be a positive int, got {input_config.get('resize')!r}")
-  if crop < 0 or crop > resize:
-    raise ValueError(f"input.crop={crop} must lie in [0, input.resize={resize}] (0: no crop)")
-  return resize, crop
+  return int(input_config.get("resize") or 0), int(input_config.get("crop") or 0)
 
 
 def train_view(rng: jax.Array, images: jax.Array, input_config) -> jax.Array:
@@ -69,11 +77,3 @@ def eval_view(images: jax.Array, input_config) -> jax.Array:
   resize, crop = _sizes(input_config)
   images = resize_images(images, resize)
   return center_crop(images, crop) if crop else images
-
-
-def output_size(input_config, stored_size: int) -> int:
-  """The side length the backbone sees, given the stored image side."""
-  if not input_config.get("resize"):
-    return stored_size
-  resize, crop = _sizes(input_config)
-  return crop or resize

@@ -13,6 +13,7 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from drlih_jax import input_pipeline
@@ -117,15 +118,27 @@ def train_step(state: TrainState, batch, rng, *, model, tx, config):
   return new_state, metrics
 
 
-def device_resident_train_step(state: TrainState, data: input_pipeline.DeviceData, rng, *, model, tx,
-                               config, batch_sharding=None):
+def device_resident_train_step(state: TrainState, data: input_pipeline.DeviceData, rng, *, model, tx, config,
+                               batch_sharding=None, batch_size: int | None = None):
   """Draws the batch on the device from the resident split, then runs `train_step`.
 
   With `input.resize` set, the drawn (normalised) batch is resized on the device and, with `input.crop`,
-  randomly cropped and flipped (`resize.train_view`).
+  randomly cropped and flipped (`resize.train_view`). `batch_size` other than classes_per_batch x
+  images_per_class (a global batch rounded up to the device count, see `run.global_batch_size`) draws
+  ceil(batch_size / classes_per_batch) images per class and keeps the first `batch_size` in member-major
+  order, so every class keeps at least floor(batch_size / classes_per_batch) images.
   """
   batch_key, step_key = jax.random.split(rng)
-  batch = input_pipeline.sample_batch(batch_key, data, config.input, config.dataset)
+  input_config = config.input
+  classes = input_config.classes_per_batch
+  if batch_size is not None and batch_size != input_pipeline.batch_size(input_config):
+    input_config = ml_collections.ConfigDict(dict(input_config.to_dict(),
+                                                  images_per_class=-(-batch_size // classes)))
+  batch = input_pipeline.sample_batch(batch_key, data, input_config, config.dataset)
+  batch = {"image": batch["image"], "label": batch["label"]}
+  if batch_size is not None and batch_size != input_pipeline.batch_size(input_config):
+    member_major = lambda x: jnp.swapaxes(x.reshape(classes, -1, *x.shape[1:]), 0, 1).reshape(x.shape)
+    batch = jax.tree.map(lambda x: member_major(x)[:batch_size], batch)
   images = batch["image"]
   if config.input.get("resize"):
     images = resize_lib.train_view(jax.random.fold_in(batch_key, 1), images, config.input)
@@ -135,12 +148,49 @@ def device_resident_train_step(state: TrainState, data: input_pipeline.DeviceDat
   return train_step(state, batch, step_key, model=model, tx=tx, config=config)
 
 
-def encode(params, batch_stats, images_uint8, *, model, config) -> jax.Array:
-  """Greedy codes of uint8 images: [B, K] uint8 in {0, 1} (resized and centre-cropped per `input`)."""
+def resident_train_step(state: TrainState, data: input_pipeline.DeviceData, base_key, *, model, tx, config,
+                        batch_sharding=None, batch_size: int | None = None):
+  """The device-resident step with its key derived from the state's step, so a resumed run repeats exactly.
+
+  Args:
+    state: the TrainState.
+    data: the training split resident on the device.
+    base_key: the run's training key data (uint32), replicated.
+    model, tx, config, batch_sharding, batch_size: bound before jitting.
+  """
+  rng = jax.random.fold_in(jax.random.wrap_key_data(base_key), state.step)
+  return device_resident_train_step(state, data, rng, model=model, tx=tx, config=config,
+                                    batch_sharding=batch_sharding, batch_size=batch_size)
+
+
+def streamed_train_step(state: TrainState, batch, base_key, *, model, tx, config):
+  """A step on a host-augmented uint8 batch (the streaming input mode): normalise on the device, then train.
+
+  Args:
+    state: the TrainState.
+    batch: {"image": uint8 [B, H, W, C], "label": [B] or [B, C]}, sharded over the mesh.
+    base_key: the run's training key data (uint32), replicated.
+    model, tx, config: bound before jitting.
+  """
+  rng = jax.random.fold_in(jax.random.wrap_key_data(base_key), state.step)
+  images = input_pipeline.normalize(batch["image"], config.dataset.mean, config.dataset.std)
+  return train_step(state, {"image": images, "label": batch["label"]}, rng, model=model, tx=tx, config=config)
+
+
+def _eval_view(images_uint8, config):
   images = input_pipeline.normalize(images_uint8, config.dataset.mean, config.dataset.std)
   if config.input.get("resize"):
     images = resize_lib.eval_view(images, config.input)
-  steps, group = config.hash.bits // config.hash.group, config.hash.group
-  noise = jnp.full((1, steps, images.shape[0], group), 0.5, jnp.float32)
-  actions, _ = model.apply(_variables(params, batch_stats), images, noise, train=False)
-  return actions[0].astype(jnp.uint8)
+  return images
+
+
+def encode(params, batch_stats, images_uint8, *, model, config) -> jax.Array:
+  """Greedy codes of uint8 images: [B, K] uint8 in {0, 1} (resized and centre-cropped per `input`)."""
+  actions, _ = model.apply(_variables(params, batch_stats), _eval_view(images_uint8, config), method="greedy")
+  return actions.astype(jnp.uint8)
+
+
+def features(params, batch_stats, images_uint8, *, model, config) -> jax.Array:
+  """The backbone feature v of uint8 images (the agent's input), float32 [B, D]."""
+  out = model.apply(_variables(params, batch_stats), _eval_view(images_uint8, config), method="features")
+  return out.astype(jnp.float32)

@@ -1,139 +1,60 @@
-"""Training loop: `train_and_evaluate(config, workdir)` and the evaluation/encoding entry points.
+"""The training loop, `train_and_evaluate(config, workdir)`, and evaluation/encoding of a recorded run.
 
-Data parallelism: a one-axis mesh ("data",) over every device; parameters and optimiser state are
-replicated, each step's batch is sharded over the axis (XLA averages the gradients), and the jitted
-step donates the old state. The step's random key is `fold_in(key(seed), step)`, and the batch is drawn
-from it on the device, so a resumed run repeats exactly the draws of an uninterrupted one.
+Data parallelism: a one-axis ("data",) mesh over every device (`run.py`); parameters and optimiser state are
+replicated, each step's batch is sharded over the axis (XLA averages the gradients), and the jitted step
+donates the old state. The step's random key is `fold_in(train_key, step)` and the batch is drawn from it on
+the device, so a resumed run repeats exactly the draws of an uninterrupted one.
+
+Training ends at `train.steps`, or earlier by its time budget (`train.max_minutes`, counted over every
+session of the run) or its stopping rule (`train.stop_min_gain`: at an evaluation at step s, the tie-aware
+mAP@all of the full code gained less than that since the last evaluation at or before
+(1 - `train.stop_window`) * s). A finished run writes `<workdir>/DONE` (step, reason); rerunning the same
+command then does not train further unless the reason no longer holds (e.g. `train.steps` was raised).
+SIGTERM/SIGINT save a checkpoint at the current step and return; with several processes they agree on that
+step through JAX's preemption sync point.
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import os
+import dataclasses
 import signal
 import time
+from typing import Any, Mapping
 
 from absl import logging
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 import numpy as np
 
 from drlih_jax import checkpointing
-from drlih_jax import config_validation
+from drlih_jax import errors
 from drlih_jax import evaluate
-from drlih_jax import input_pipeline
-from drlih_jax import models
-from drlih_jax import optim
-from drlih_jax import steps as steps_lib
+from drlih_jax import run as run_lib
+from drlih_jax import run_record
 from drlih_jax import summary
+from drlih_jax import validation
 from drlih_jax.data import protocols
 
-
-def check_workdir(workdir: str) -> None:
-  """Creates the workdir, raising an error that names it when it cannot be written."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_test")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise OSError(f"workdir {workdir!r} is not writable: {e.strerror or e}") from e
-
-
-def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
-  """A one-axis ("data",) mesh over every device of every process (or the first `num_devices`)."""
-  devices = jax.devices()
-  if num_devices:
-    if num_devices > len(devices):
-      raise ValueError(f"mesh_devices={num_devices} but only {len(devices)} devices are visible")
-    devices = devices[:num_devices]
-  return jax.sharding.Mesh(np.array(devices), ("data",))
-
-
-class _Setup:
-  """What every mode needs: config checks, data, model, optimiser, mesh, jitted functions."""
-
-  def __init__(self, config, workdir: str, data: protocols.RetrievalData | None = None):
-    config_validation.validate(config)
-    self.config = config
-    self.workdir = workdir
-    self.mesh = make_mesh(config.get("mesh_devices", 0))
-    self.replicated = NamedSharding(self.mesh, P())
-    self.batch_sharding = NamedSharding(self.mesh, P("data"))
-    num_devices = self.mesh.size
-    b = input_pipeline.batch_size(config.input)
-    if b % num_devices:
-      raise ValueError(f"the global batch input.classes_per_batch * input.images_per_class = {b} is not "
-                       f"divisible by the {num_devices} devices")
-    if config.train.eval_batch_size % num_devices:
-      raise ValueError(f"train.eval_batch_size={config.train.eval_batch_size} is not divisible by the "
-                       f"{num_devices} devices")
-    # Every process loads the whole split (device-resident mode); process 0 records/checks splits.json.
-    record_in = workdir if jax.process_index() == 0 else None
-    if data is None:
-      data = protocols.load_retrieval_data(config.dataset, record_in)
-    elif record_in is not None:
-      protocols.record_splits(record_in, config.dataset, data)
-    self.data = data
-    self.model = models.create_model(config)
-    self.tx = optim.create_optimizer(config.optim, config.train.steps)
-    self.schedule = optim.learning_rate_schedule(config.optim, config.train.steps)
-    init_key = np.asarray(jax.random.key_data(jax.random.fold_in(jax.random.key(config.seed), 0)))
-    image_shape = self.data.train.images.shape[1:]
-    create = functools.partial(steps_lib.create_train_state, model=self.model, tx=self.tx,
-                               image_shape=image_shape, config=config)
-    self.initial_state = jax.jit(lambda key: create(jax.random.wrap_key_data(key)),
-                                 out_shardings=self.replicated)(init_key)
-    if config.model.get("pretrained"):
-      params, batch_stats = models.load_pretrained(config, self.initial_state.params,
-                                                   self.initial_state.batch_stats)
-      self.initial_state = self.initial_state.replace(
-          params=input_pipeline.put_global(jax.device_get(params), self.replicated),
-          batch_stats=input_pipeline.put_global(jax.device_get(batch_stats), self.replicated))
-      logging.info("Loaded pretrained backbone weights from %s", config.model.pretrained)
-    self.encode = jax.jit(functools.partial(steps_lib.encode, model=self.model, config=config),
-                          out_shardings=self.replicated)
-
-  def encode_fn(self, state):
-    return lambda images: self.encode(state.params, state.batch_stats, images)
-
-  def evaluate(self, state):
-    return evaluate.run_evaluation(self.encode_fn(state), self.data, self.config,
-                                   batch_size=self.config.train.eval_batch_size, sharding=self.batch_sharding)
-
-
-def _write_config(workdir: str, config) -> None:
-  """Writes config.json, or checks the resumed run's shape- and split-defining keys against it."""
-  path = os.path.join(workdir, "config.json")
-  current = config_validation.flatten(config)
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    conflicts = config_validation.resume_conflicts(saved, current)
-    if conflicts:
-      details = "; ".join(f"{k}: checkpointed {saved.get(k)!r}, now {current.get(k)!r}" for k in conflicts)
-      raise ValueError(f"the config differs from the run in {workdir} on keys that change shapes or splits "
-                       f"({details}); use a new workdir or restore those values")
-  with open(path, "w") as f:
-    json.dump(current, f, indent=1, sort_keys=True, default=str)
-
-
-STOP_SYNC_EVERY = 10
+SPLITS = ("query", "database", "train")
 
 
 class _StopRequest:
-  """Turns SIGTERM/SIGINT into a flag the loop checks between steps (checkpoint, then exit 0)."""
+  """Turns SIGTERM/SIGINT into a flag the loop checks between steps (checkpoint, then return).
+
+  One process: the flag is set by our handler. Several: SIGTERM (what preemption and launch/stop.sh send)
+  reaches JAX's preemption notifier, and `reached_preemption_sync_point(step)` is True on every process at
+  the same step, so all of them save that step collectively; SIGINT is handled as with one process.
+  """
 
   def __init__(self):
     self.signal = None
     self._previous = {}
+    self._multi = jax.process_count() > 1
 
   def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    signals = (signal.SIGINT,) if self._multi else (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
       self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
@@ -145,93 +66,69 @@ class _StopRequest:
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
 
-  def agreed(self, step: int) -> bool:
-    """Whether every process stops after `step`.
-
-    One process: as soon as a signal arrived. Several: every `STOP_SYNC_EVERY` steps the processes share
-    their flags (a small all-gather), so all of them save the same step collectively and exit together,
-    whichever process the signal reached.
-    """
-    local = self.signal is not None
-    if jax.process_count() == 1:
-      return local
-    if step % STOP_SYNC_EVERY:
-      return False
-    flags = multihost_utils.process_allgather(np.array([local], np.int32))
-    return bool(np.any(flags))
+  def reached(self, step: int) -> bool:
+    if not self._multi:
+      return self.signal is not None
+    if multihost_utils.reached_preemption_sync_point(step):
+      self.signal = self.signal or signal.SIGTERM
+      return True
+    return False
 
 
-def train_and_evaluate(config, workdir: str, data: protocols.RetrievalData | None = None):
-  """Trains (resuming from the newest checkpoint in `workdir`), evaluates, and returns the final state.
+def _agree(value: bool) -> bool:
+  """Process 0's decision, on every process (decisions from clocks or host metrics must agree)."""
+  if jax.process_count() == 1:
+    return value
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(value)))
 
-  Writes into `workdir`: config.json, splits.json, checkpoints/, tensorboard/, eval_<step>.json and its
-  plots. On SIGTERM/SIGINT it saves a checkpoint at the current step and returns early.
+
+@dataclasses.dataclass
+class _Progress:
+  """What the checkpoints' `meta` item carries across sessions: time, evaluation history, end."""
+
+  train_seconds: float = 0.0
+  history: list = dataclasses.field(default_factory=list)  # [step, train_seconds, tie-aware mAP@all]
+  stop_reason: str | None = None
+
+  @classmethod
+  def from_meta(cls, meta: Mapping[str, Any]) -> "_Progress":
+    return cls(train_seconds=float(meta.get("train_seconds", 0.0)), history=list(meta.get("history", [])),
+               stop_reason=meta.get("stop_reason"))
+
+  def meta(self) -> dict:
+    return {"train_seconds": self.train_seconds, "history": self.history, "stop_reason": self.stop_reason}
+
+
+def plateaued(history, min_gain: float, window: float) -> bool:
+  """The stopping rule: the last evaluation gained less than `min_gain` over the last `window` of the run.
 
   Args:
-    config: the run's ConfigDict.
-    workdir: the run directory.
-    data: the protocol's splits, already loaded with `protocols.load_retrieval_data(config.dataset)`
-      (for scripts that train many runs on one dataset); None loads them. Either way splits.json is
-      written or checked.
-  """
-  if jax.process_index() == 0:
-    check_workdir(workdir)
-  setup = _Setup(config, workdir, data)
-  if jax.process_index() == 0:
-    _write_config(workdir, config)
-  manager = checkpointing.create_manager(workdir, config.train.keep_checkpoints)
-  state, restored_step = checkpointing.restore_latest(manager, setup.initial_state)
-  if state is None:
-    state = setup.initial_state
-    logging.info("Starting from scratch in %s", workdir)
-  else:
-    logging.info("Resumed from checkpoint step %d in %s", restored_step, workdir)
+    history: [(step, train_seconds, value), ...] in step order.
+    min_gain: the smallest gain that keeps training (0: the rule is off).
+    window: the fraction of the run the gain is measured over (0.2: the last fifth).
 
-  base_key = input_pipeline.put_global(
-      jax.random.key_data(jax.random.fold_in(jax.random.key(config.seed), 1)), setup.replicated)
-  next_step = _make_input_and_step(setup, int(jax.device_get(state.step)), base_key)
-  writer = summary.MetricWriter(workdir)
-  total = config.train.steps
-  step = int(jax.device_get(state.step))
-  timer_start, timer_step = time.perf_counter(), step
-  logging.info("Training %s for %d steps on %d device(s), batch %d, %d training images",
-               config.objective, total, setup.mesh.size, input_pipeline.batch_size(config.input),
-               len(setup.data.train))
-  guard = _NonfiniteGuard(config.train.max_nonfinite_in_a_row, writer)
-  with _StopRequest() as stop:
-    while step < total:
-      state, metrics = next_step(state)
-      step += 1
-      guard.check(step, metrics)  # Reads the previous step's flag: the device stays one step ahead.
-      if step % config.train.log_every == 0 or step == total:
-        now = time.perf_counter()
-        rate = (step - timer_step) / max(now - timer_start, 1e-9)
-        timer_start, timer_step = now, step
-        scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        scalars["learning_rate"] = float(setup.schedule(step))
-        scalars["steps_per_second"] = rate
-        writer.scalars(step, scalars)
-        eta = (total - step) / max(rate, 1e-9)
-        logging.info("step %d/%d | %s | %.1f steps/s | ETA %s", step, total,
-                     " ".join(f"{k} {scalars[k]:.4g}" for k in sorted(scalars)
-                              if k not in ("steps_per_second", "nonfinite")),
-                     rate, time.strftime("%H:%M:%S", time.gmtime(eta)))
-      if step % config.train.checkpoint_every == 0 or step == total:
-        checkpointing.save(manager, state, step)
-      if config.train.eval_every and step % config.train.eval_every == 0 and step < total:
-        _evaluate_and_log(setup, state, step, writer, plots=False)
-      if stop.agreed(step):
-        logging.warning("Received signal %s at step %d: saving a checkpoint and exiting",
-                        stop.signal or "(on another process)", step)
-        checkpointing.save(manager, state, step)
-        manager.wait_until_finished()
-        writer.close()
-        return state
-    guard.check(step + 1, None)
-  manager.wait_until_finished()
-  _evaluate_and_log(setup, state, step, writer, plots=True)
-  writer.close()
-  return state
+  Returns:
+    True when there is an earlier evaluation at or before (1 - window) * the last step and the last value
+    exceeds the latest such one by less than `min_gain`.
+  """
+  if min_gain <= 0 or len(history) < 2:
+    return False
+  step, _, value = history[-1]
+  earlier = [h for h in history[:-1] if h[0] <= (1.0 - window) * step]
+  return bool(earlier) and value - earlier[-1][2] < min_gain
+
+
+def _stop_reason(config, step: int, progress: _Progress) -> str | None:
+  """Why training ends now ("steps", "time", "plateau"), or None."""
+  if step >= config.train.steps:
+    return "steps"
+  max_minutes = config.train.get("max_minutes", 0)
+  if max_minutes and progress.train_seconds >= 60.0 * max_minutes:
+    return "time"
+  if progress.stop_reason == "plateau" and plateaued(progress.history, config.train.get("stop_min_gain", 0.0),
+                                                     config.train.get("stop_window", 0.2)):
+    return "plateau"
+  return None
 
 
 class _NonfiniteGuard:
@@ -264,39 +161,26 @@ class _NonfiniteGuard:
           f"(train.max_nonfinite_in_a_row={self.limit}); lower optim.learning_rate or set optim.grad_clip")
 
 
-INPUT_MODES = ("resident", "streaming")
+def _input_feed(run: run_lib.Run, data, start_step: int):
+  """`next_step(state) -> (state, metrics)` for the configured input mode.
 
-
-def _make_input_and_step(setup, start_step: int, base_key):
-  """Returns `next_step(state) -> (state, metrics)` for the configured input mode.
-
-  "resident": the training split lives on the device and each step draws its batch inside the jitted
-  step. "streaming": `tf.data` (drlih_jax/data/streaming.py) reads this process's shard of the training
-  set, decodes and augments on the host in a resumable order starting at `start_step`; the per-process
-  batches are assembled into one global batch sharded over the mesh.
+  "resident": the training split lives on the device and each step draws its batch inside the jitted step.
+  "streaming": `tf.data` (drlih_jax/data/streaming.py) reads this process's shard of the training set,
+  decodes and augments on the host in a resumable order starting at `start_step`; the per-process batches
+  are assembled into one global batch sharded over the mesh.
   """
-  config = setup.config
-  mode = config.input.get("mode", "resident")
-  if mode not in INPUT_MODES:
-    raise ValueError(f"input.mode must be one of {INPUT_MODES}, got {mode!r}")
-  bound = dict(model=setup.model, tx=setup.tx, config=config)
-  if mode == "resident":
-    device_data = input_pipeline.to_device(setup.data.train, setup.data.num_classes, config.input,
-                                           setup.replicated)
-    step_fn = jax.jit(functools.partial(_keyed_step, **bound, batch_sharding=setup.batch_sharding),
-                      donate_argnums=0)
-    return lambda state: step_fn(state, device_data, base_key)
-
+  if run.config.input.get("mode", "resident") == "resident":
+    device_data = run.device_data(data)
+    return lambda state: run.train_step(state, device_data, run.train_key)
   from drlih_jax.data import streaming  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
-  iterator = streaming.make_train_iterator(streaming_config(config), jax.process_index(),
+  iterator = streaming.make_train_iterator(streaming_config(run.config), jax.process_index(),
                                            jax.process_count(), start_step=start_step)
-  step_fn = jax.jit(functools.partial(_streamed_step, **bound), donate_argnums=0)
 
   def next_step(state):
     local = next(iterator)
-    batch = {k: jax.make_array_from_process_local_data(setup.batch_sharding, np.asarray(local[k]))
+    batch = {k: jax.make_array_from_process_local_data(run.batch_sharding, np.asarray(local[k]))
              for k in ("image", "label")}
-    return step_fn(state, batch, base_key)
+    return run.train_step(state, batch, run.train_key)
   return next_step
 
 
@@ -307,85 +191,226 @@ def streaming_config(config) -> dict:
     augment = "resize_crop_flip"
   elif input_config.augment == "crop_flip":
     augment = "pad_crop_flip"
-  elif not input_config.augment:
-    augment = "none"
   else:
-    raise ValueError(f"input.augment must be '' or 'crop_flip', got {input_config.augment!r}")
-  return dict(dataset=config.dataset, batch_size=input_pipeline.batch_size(input_config), seed=config.seed,
-              augment=augment, pad=input_config.crop_padding, resize_size=input_config.get("resize") or 256,
-              crop_size=input_config.get("crop") or 224, image_dtype="uint8", sampler="class_balanced",
-              classes_per_batch=input_config.classes_per_batch,
+    augment = "none"
+  return dict(dataset=config.dataset, batch_size=input_config.classes_per_batch * input_config.images_per_class,
+              seed=config.seed, augment=augment, pad=input_config.crop_padding,
+              resize_size=input_config.get("resize") or 256, crop_size=input_config.get("crop") or 224,
+              image_dtype="uint8", sampler="class_balanced", classes_per_batch=input_config.classes_per_batch,
               images_per_class=input_config.images_per_class)
 
 
-def _streamed_step(state, batch, base_key, *, model, tx, config):
-  """A step on a host-augmented uint8 batch: normalise on the device, then `train_step`."""
-  rng = jax.random.fold_in(jax.random.wrap_key_data(base_key), state.step)
-  images = input_pipeline.normalize(batch["image"], config.dataset.mean, config.dataset.std)
-  return steps_lib.train_step(state, {"image": images, "label": batch["label"]}, rng, model=model, tx=tx,
-                              config=config)
+def _load_data(config, data):
+  """The protocol's splits (loaded unless given) and the record of their ids for splits.json."""
+  values = protocols.validate_config(config.dataset)
+  if data is None:
+    data = protocols.load_retrieval_data(config.dataset)
+  return data, run_record.splits_record(values, data)
 
 
-def _keyed_step(state, data, base_key, *, model, tx, config, batch_sharding):
-  """The device-resident step with the key derived from the state's step (exact resume)."""
-  rng = jax.random.fold_in(jax.random.wrap_key_data(base_key), state.step)
-  return steps_lib.device_resident_train_step(state, data, rng, model=model, tx=tx, config=config,
-                                              batch_sharding=batch_sharding)
-
-
-def _evaluate_and_log(setup, state, step, writer, plots):
-  report, query_codes, db_codes = setup.evaluate(state)
+def _evaluate_and_log(run, state, data, workdir, step, writer, progress, plots, run_config=None):
+  report, query_codes, db_codes = run.evaluate(state, data)
   if jax.process_index() == 0:
-    evaluate.write_report(setup.workdir, step, report, setup.config, setup.data, query_codes, db_codes,
-                          plots=plots)
+    name = run_record.report_name(step, run.config, run_config or run.config)
+    evaluate.write_report(workdir, name, step, report, run.config, data, query_codes, db_codes, plots=plots,
+                          extra={"train_seconds": round(progress.train_seconds, 3)})
   writer.scalars(step, {f"map/{bits}_bits": v for bits, v in report["map"].items()})
+  writer.scalars(step, {f"map_tie_aware/{bits}_bits": v for bits, v in report["map_average_ties"].items()})
   return report
 
 
-def _restore_for_eval(setup, workdir, step):
-  manager = checkpointing.create_manager(workdir, setup.config.train.keep_checkpoints)
-  if step is None:
-    state, step = checkpointing.restore_latest(manager, setup.initial_state)
-  elif step in manager.all_steps():
-    state = checkpointing.restore(manager, step, setup.initial_state)
-  else:
-    state = None
-  if state is None:
-    where = checkpointing.checkpoint_dir(workdir)
-    available = sorted(manager.all_steps())
-    wanted = "checkpoint" if step is None else f"checkpoint at step {step}"
-    raise FileNotFoundError(f"no {wanted} found in {where} (available steps: {available or 'none'})")
-  return state, step
+def train_and_evaluate(config, workdir, data=None):
+  """Trains (resuming from the newest checkpoint in `workdir`), evaluates, and returns the final state.
 
+  Writes into `workdir` (local or gs://): config.json, splits.json, checkpoints/, tensorboard/,
+  eval_<step>.json and its plots, DONE. On SIGTERM/SIGINT it saves a checkpoint at the current step and
+  returns early (no DONE).
 
-def evaluate_checkpoint(config, workdir: str, step: int | None = None,
-                        data: protocols.RetrievalData | None = None) -> str:
-  """Restores the latest (or `step`) checkpoint, evaluates it, writes eval_<step>.json; returns its path.
+  Args:
+    config: the run's ConfigDict.
+    workdir: the run directory.
+    data: the protocol's splits, already loaded with `protocols.load_retrieval_data(config.dataset)`
+      (for scripts that train many runs on one dataset); None loads them. Either way splits.json is
+      written or checked.
 
-  `data`: the protocol's splits, already loaded (as in `train_and_evaluate`); None loads them.
+  Raises:
+    ConfigError, RunRecordError, SplitMismatchError, CheckpointError, WorkdirError: see `errors`; each is
+    raised before any training step, and the config errors before anything is read or written.
   """
-  setup = _Setup(config, workdir, data)
-  state, step = _restore_for_eval(setup, workdir, step)
-  report, query_codes, db_codes = setup.evaluate(state)
-  return evaluate.write_report(workdir, step, report, config, setup.data, query_codes, db_codes)
+  validation.validate(config)
+  writes = jax.process_index() == 0
+  if writes:
+    run_record.check_writable(workdir)
+  run_record.record_config_for_training(workdir, config, write=writes)
+  data, splits = _load_data(config, data)
+  run_record.record_splits(workdir, splits, write=writes)
+  run = run_lib.create_run(config, data)
+  checkpoints = checkpointing.Checkpoints(workdir, config.train.keep_checkpoints)
+  restored = run_lib.restore(run, workdir, checkpoints=checkpoints)
+  if restored is None:
+    state, progress = run_lib.load_pretrained(run, run.initial_state), _Progress()
+    logging.info("Starting from scratch in %s", workdir)
+  else:
+    state, progress = restored.state, _Progress.from_meta(restored.meta)
+    logging.info("Resumed from checkpoint step %d in %s (%.0f s of training so far)", restored.step, workdir,
+                 progress.train_seconds)
+  step = int(jax.device_get(state.step))
+  writer = summary.MetricWriter(workdir)
+  try:
+    state, step, reason = _train_loop(run, state, step, data, workdir, checkpoints, writer, progress)
+    checkpoints.wait()
+    if reason is None:  # Stopped by a signal: the checkpoint is saved, nothing more.
+      return state
+    _evaluate_and_log(run, state, data, workdir, step, writer, progress, plots=True)
+    if writes:
+      run_record.write_done(workdir, step, reason, progress.train_seconds)
+    logging.info("Training ended at step %d (%s) after %.0f s of training", step, reason,
+                 progress.train_seconds)
+    return state
+  finally:
+    checkpoints.close()
+    writer.close()
 
 
-def encode_checkpoint(config, workdir: str, split: str, output: str | None = None,
-                      step: int | None = None, data: protocols.RetrievalData | None = None) -> str:
+def _train_loop(run, state, step, data, workdir, checkpoints, writer, progress):
+  """Runs steps until an end or a signal; returns (state, step, end reason or None for a signal)."""
+  config = run.config
+  total = config.train.steps
+  reason = _stop_reason(config, step, progress)
+  if reason is None and jax.process_index() == 0:
+    run_record.clear_done(workdir)
+  if reason is not None:
+    logging.info("The run in %s has already ended at step %d (%s); nothing to train", workdir, step, reason)
+    return state, step, reason
+  next_step = _input_feed(run, data, step)
+  logging.info("Training %s for %d steps on %d device(s), batch %d, %d training images", config.objective,
+               total, run.mesh.size, run.batch_size, len(data.train))
+  guard = _NonfiniteGuard(config.train.max_nonfinite_in_a_row, writer)
+  session_start, seconds_before = time.perf_counter(), progress.train_seconds
+  timer_start, timer_step = session_start, step
+  saved_step = step
+
+  def save(at_step):
+    nonlocal saved_step
+    progress.train_seconds = seconds_before + time.perf_counter() - session_start
+    checkpoints.save(at_step, state, progress.meta())
+    saved_step = at_step
+
+  with _StopRequest() as stop:
+    while reason is None:
+      state, metrics = next_step(state)
+      step += 1
+      guard.check(step, metrics)  # Reads the previous step's flag: the device stays one step ahead.
+      progress.train_seconds = seconds_before + time.perf_counter() - session_start
+      if step % config.train.log_every == 0 or step == total:
+        now = time.perf_counter()
+        rate = (step - timer_step) / max(now - timer_start, 1e-9)
+        timer_start, timer_step = now, step
+        scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        scalars["learning_rate"] = float(run.schedule(step))
+        scalars["steps_per_second"] = rate
+        writer.scalars(step, scalars)
+        eta = (total - step) / max(rate, 1e-9)
+        logging.info("step %d/%d | %s | %.1f steps/s | ETA %s", step, total,
+                     " ".join(f"{k} {scalars[k]:.4g}" for k in sorted(scalars)
+                              if k not in ("steps_per_second", "nonfinite")),
+                     rate, time.strftime("%H:%M:%S", time.gmtime(eta)))
+      if config.train.eval_every and step % config.train.eval_every == 0 and step < total:
+        report = _evaluate_and_log(run, state, data, workdir, step, writer, progress, plots=False)
+        progress.history.append([step, round(progress.train_seconds, 3),
+                                 float(report["map_average_ties"][str(config.hash.bits)])])
+        if _agree(plateaued(progress.history, config.train.get("stop_min_gain", 0.0),
+                            config.train.get("stop_window", 0.2))):
+          progress.stop_reason = reason = "plateau"
+      if reason is None and step >= total:
+        reason = "steps"
+      if reason is None and (step % config.train.log_every == 0) and _agree(
+          _stop_reason(config, step, progress) == "time"):
+        reason = "time"
+      if reason is not None:
+        progress.stop_reason = reason
+      if step % config.train.checkpoint_every == 0 or reason is not None:
+        save(step)
+      if reason is None and stop.reached(step):
+        logging.warning("Received signal %s at step %d: saving a checkpoint and exiting",
+                        stop.signal or "(on another process)", step)
+        if saved_step != step:
+          save(step)
+        return state, step, None
+    guard.check(step + 1, None)
+  return state, step, reason
+
+
+def _open_recorded_run(workdir, overrides, config, step, data):
+  """Config, checkpoints, data and restored parameters of the recorded run in `workdir` (nothing written)."""
+  config, run_config = run_record.config_for_evaluation(workdir, overrides or {}, config)
+  validation.validate(config)
+  checkpoints = checkpointing.Checkpoints(workdir, config.train.keep_checkpoints, read_only=True)
+  available = checkpoints.steps()
+  if not available:
+    raise errors.CheckpointError(f"no checkpoint found in {checkpoints.directory} (available steps: none)")
+  if step is not None and step not in available:
+    raise errors.CheckpointError(f"no checkpoint at step {step} in {checkpoints.directory} "
+                                 f"(available steps: {available})")
+  data, splits = _load_data(config, data)
+  if not run_record.check_splits(workdir, splits):
+    logging.warning("%s has no %s: the splits cannot be checked", workdir, run_record.SPLITS_FILE)
+  run = run_lib.create_run(config, data, training=False)
+  restored = run_lib.restore(run, workdir, step=step, params_only=True, checkpoints=checkpoints)
+  if restored is None:
+    raise errors.CheckpointError(f"no readable checkpoint in {checkpoints.directory} (steps {available})")
+  return config, run_config, data, run, restored
+
+
+def evaluate_checkpoint(workdir, *, step: int | None = None, overrides: Mapping[str, str] | None = None,
+                        config=None, data=None) -> epath.Path | None:
+  """Evaluates the recorded run in `workdir` from its newest (or `step`) checkpoint.
+
+  The config is the run's own record (`config.json`); `overrides` may change evaluation options only (see
+  `run_record`). Only parameters and batch statistics are restored; nothing but the report is written,
+  and only by process 0. A report under evaluation options other than the run's gets its own name.
+
+  Args:
+    workdir: the run directory.
+    step: the checkpoint step (default: the newest readable one).
+    overrides: {config key: value text} of evaluation options.
+    config: an optional config (e.g. from `--config`), checked against the record.
+    data: the protocol's splits if already loaded.
+
+  Returns:
+    The report's path (None on processes other than 0).
+  """
+  config, run_config, data, run, restored = _open_recorded_run(workdir, overrides, config, step, data)
+  report, query_codes, db_codes = run.evaluate(restored.state, data)
+  if jax.process_index() != 0:
+    return None
+  name = run_record.report_name(restored.step, config, run_config)
+  extra = {"train_seconds": round(float(restored.meta.get("train_seconds", 0.0)), 3)}
+  return evaluate.write_report(workdir, name, restored.step, report, config, data, query_codes, db_codes,
+                               extra=extra)
+
+
+def encode_checkpoint(workdir, split: str, *, output=None, step: int | None = None,
+                      overrides: Mapping[str, str] | None = None, config=None, data=None) -> epath.Path | None:
   """Writes a split's greedy codes, bit-packed as uint8 rows (faiss IndexBinary layout), to an .npz.
 
-  `data`: the protocol's splits, already loaded (as in `train_and_evaluate`); None loads them.
+  Args:
+    workdir: the run directory (its config.json and checkpoints; see `evaluate_checkpoint`).
+    split: "query", "database" or "train".
+    output: the .npz path (default `<workdir>/codes_<split>_<step>.npz`; may be a URL).
+    step, overrides, config, data: as in `evaluate_checkpoint`.
+
+  Returns:
+    The output path (None on processes other than 0).
   """
-  setup = _Setup(config, workdir, data)
-  state, step = _restore_for_eval(setup, workdir, step)
-  splits = {"query": setup.data.query, "database": setup.data.database, "train": setup.data.train}
-  if split not in splits:
-    raise ValueError(f"--split must be one of {sorted(splits)}, got {split!r}")
-  chosen = splits[split]
-  codes = evaluate.encode_images(setup.encode_fn(state), chosen.images, config.train.eval_batch_size,
-                                 setup.batch_sharding)
-  output = output or os.path.join(workdir, f"codes_{split}_{step}.npz")
-  np.savez(output, codes=np.packbits(codes, axis=1), bits=np.int32(codes.shape[1]), labels=chosen.labels,
-           ids=chosen.ids, step=np.int64(step))
-  logging.info("Wrote %d %d-bit codes of split %s to %s", len(codes), codes.shape[1], split, output)
-  return output
+  if split not in SPLITS:
+    raise errors.ConfigError(f"--split must be one of {SPLITS}, got {split!r}")
+  config, _, data, run, restored = _open_recorded_run(workdir, overrides, config, step, data)
+  chosen = getattr(data, split)
+  codes = run.encode(restored.state, chosen.images)
+  if jax.process_index() != 0:
+    return None
+  output = output or epath.Path(workdir) / f"codes_{split}_{restored.step}.npz"
+  path = evaluate.write_codes(output, codes, chosen.labels, chosen.ids, restored.step)
+  logging.info("Wrote %d %d-bit codes of split %s to %s", len(codes), codes.shape[1], split, path)
+  return path

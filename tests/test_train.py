@@ -12,31 +12,27 @@ import numpy as np
 import pytest
 
 from configs import digits as digits_config
-from drlih_jax import checkpointing
+from drlih_jax import errors
 from drlih_jax import input_pipeline
+from drlih_jax import run as run_lib
 from drlih_jax import train
+from drlih_jax.data import protocols
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+SMALL = {
+    "dataset.loader": "pillow",  # no tfds preparation: fast; the tfds path is tested separately
+    "train.steps": 40, "train.log_every": 20, "train.checkpoint_every": 20, "train.eval_batch_size": 512,
+    "hash.bits": 16, "hash.eval_bits": (8, 16),
+    "model.hidden": 32, "model.feature_dim": 32, "model.widths": (16,),
+}
+
+
 def small_config(**overrides):
+  """The digits config, shrunk for tests, with `overrides` ({"dotted.key": value}) applied."""
   config = digits_config.get_config()
-  config.dataset.loader = "pillow"  # no tfds preparation: fast; the tfds path is tested separately
-  config.train.steps = 40
-  config.train.log_every = 20
-  config.train.checkpoint_every = 20
-  config.hash.bits = 16
-  config.hash.eval_bits = (8, 16)
-  config.model.hidden = 32
-  config.model.feature_dim = 32
-  config.model.widths = (16,)
-  config.train.eval_batch_size = 512
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config.update_from_flattened_dict({**SMALL, **overrides})
   return config
 
 
@@ -51,9 +47,12 @@ def trained(tmp_path_factory):
 def test_run_writes_everything(trained):
   config, workdir, state = trained
   assert int(state.step) == 40
-  for name in ("config.json", "splits.json", "eval_40.json"):
+  for name in ("config.json", "splits.json", "eval_40.json", "DONE"):
     assert os.path.exists(os.path.join(workdir, name)), name
-  assert sorted(os.listdir(checkpointing.checkpoint_dir(workdir))) == ["20", "40"]
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["20", "40"]
+  with open(os.path.join(workdir, "DONE")) as f:
+    done = json.load(f)
+  assert done["step"] == 40 and done["reason"] == "steps" and done["train_seconds"] > 0
   assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
   with open(os.path.join(workdir, "eval_40.json")) as f:
     report = json.load(f)
@@ -69,7 +68,7 @@ def test_eval_from_checkpoint_reproduces_training_eval(trained):
   with open(os.path.join(workdir, "eval_40.json")) as f:
     during_training = json.load(f)
   os.remove(os.path.join(workdir, "eval_40.json"))
-  path = train.evaluate_checkpoint(config, workdir)
+  path = train.evaluate_checkpoint(workdir)
   with open(path) as f:
     from_checkpoint = json.load(f)
   assert from_checkpoint == during_training
@@ -77,12 +76,17 @@ def test_eval_from_checkpoint_reproduces_training_eval(trained):
 
 def test_checkpoint_round_trip(trained):
   config, workdir, state = trained
-  manager = checkpointing.create_manager(workdir, 3)
-  restored = checkpointing.restore(manager, 40, state)
-  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+  run = run_lib.create_run(config, protocols.load_retrieval_data(config.dataset))
+  restored = run_lib.restore(run, workdir)
+  assert restored.step == 40
+  for a, b in zip(jax.tree.leaves(restored.state), jax.tree.leaves(state)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  older = checkpointing.restore(manager, 20, state)
-  assert int(older.step) == 20
+  older = run_lib.restore(run, workdir, step=20)
+  assert int(older.state.step) == 20 and older.meta["train_seconds"] < restored.meta["train_seconds"]
+  params_only = run_lib.restore(run, workdir, params_only=True)
+  assert params_only.state.opt_state is None
+  for a, b in zip(jax.tree.leaves(params_only.state.params), jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_resume_equals_uninterrupted(tmp_path):
@@ -101,21 +105,26 @@ def test_resume_equals_uninterrupted(tmp_path):
 
 def test_encode_mode_writes_packed_codes(trained):
   config, workdir, _ = trained
-  path = train.encode_checkpoint(config, workdir, "query")
+  path = train.encode_checkpoint(workdir, "query")
   data = np.load(path)
   assert data["codes"].dtype == np.uint8 and data["codes"].shape == (360, 2)
   assert int(data["bits"]) == 16 and data["labels"].shape == (360,) and data["ids"].shape == (360,)
 
 
 def test_triplet_objective_trains(tmp_path):
-  config = small_config(**{"objective": "triplet", "train.steps": 20})
+  """The triplet objective alone learns: its loss falls and its codes rank far above chance (0.1)."""
+  config = small_config(**{"objective": "triplet", "train.steps": 80, "train.eval_every": 20,
+                           "optim.warmup_steps": 5})
   state = train.train_and_evaluate(config, str(tmp_path))
-  assert int(state.step) == 20
-  assert os.path.exists(tmp_path / "eval_20.json")
+  assert int(state.step) == 80
+  curve = [json.load(open(tmp_path / f"eval_{s}.json"))["map"]["16"] for s in (20, 40, 60, 80)]
+  assert curve[-1] > 0.5, curve
+  assert curve[-1] > curve[0] + 0.1, curve
+  with open(tmp_path / "eval_80.json") as f:
+    assert json.load(f)["objective"] == "triplet"
 
 
 def test_preloaded_data_equals_loading_and_is_checked_against_splits(tmp_path):
-  from drlih_jax.data import protocols  # pylint: disable=g-import-not-at-top
   config = small_config(**{"objective": "triplet", "train.steps": 10, "train.checkpoint_every": 10})
   loaded = train.train_and_evaluate(config, str(tmp_path / "loaded"))
   data = protocols.load_retrieval_data(config.dataset)
@@ -126,26 +135,34 @@ def test_preloaded_data_equals_loading_and_is_checked_against_splits(tmp_path):
   assert splits[0] == splits[1]
   # Data whose ids differ from the workdir's splits.json is refused, as a changed split_seed would be.
   other = dataclasses.replace(data, query=data.database, database=data.query)
-  with pytest.raises(protocols.SplitMismatchError):
+  with pytest.raises(errors.SplitMismatchError):
     train.train_and_evaluate(config, str(tmp_path / "given"), data=other)
 
 
 def test_eval_without_checkpoint_fails_clearly(tmp_path):
-  with pytest.raises(FileNotFoundError, match="no checkpoint found in .*checkpoints"):
-    train.evaluate_checkpoint(small_config(), str(tmp_path))
+  with pytest.raises(errors.RunRecordError, match="no run in .*config.json not found"):
+    train.evaluate_checkpoint(str(tmp_path))
+  train.train_and_evaluate(small_config(**{"train.steps": 2}), str(tmp_path))
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(tmp_path / "checkpoints")
+  with pytest.raises(errors.CheckpointError, match="no checkpoint found in .*checkpoints"):
+    train.evaluate_checkpoint(str(tmp_path))
 
 
-def test_bad_config_values():
-  with pytest.raises(ValueError, match="hash.bits=10 is not divisible by hash.group=4"):
-    train.train_and_evaluate(small_config(**{"hash.bits": 10}), "/tmp/unused-drlih")
-  with pytest.raises(ValueError, match="dataset.name"):
-    train.train_and_evaluate(small_config(**{"dataset.name": "imagenet"}), "/tmp/unused-drlih")
+def test_bad_config_values(tmp_path):
+  with pytest.raises(errors.ConfigError, match="hash.bits=10 is not divisible by hash.group=4"):
+    train.train_and_evaluate(small_config(**{"hash.bits": 10}), str(tmp_path / "a"))
+  with pytest.raises(errors.ConfigError, match="dataset.name"):
+    train.train_and_evaluate(small_config(**{"dataset.name": "imagenet"}), str(tmp_path / "b"))
+  with pytest.raises(errors.ConfigError, match=r"hash.eval_bits \[20\] must lie in 1..hash.bits=16"):
+    train.train_and_evaluate(small_config(**{"hash.eval_bits": (8, 20)}), str(tmp_path / "c"))
+  assert not os.listdir(tmp_path)  # refused before anything was written
 
 
 def test_batch_not_class_balanced():
   config = small_config(**{"input.classes_per_batch": 11})
   sizes = np.full(10, 143)
-  with pytest.raises(ValueError, match="input.classes_per_batch=11"):
+  with pytest.raises(errors.ConfigError, match="input.classes_per_batch=11"):
     input_pipeline.check_batch_config(sizes, config.input)
   with pytest.raises(ValueError, match="not divisible into class-balanced groups"):
     input_pipeline.check_batch_config(np.array([5, 300, 300]), small_config(**{
@@ -155,23 +172,8 @@ def test_batch_not_class_balanced():
 def test_unwritable_workdir(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")
-  with pytest.raises(OSError, match="workdir .* is not writable"):
+  with pytest.raises(errors.WorkdirError, match="workdir .* is not writable"):
     train.train_and_evaluate(small_config(), str(blocker / "run"))
-
-
-def test_cli_unknown_config_key_and_missing_checkpoint(tmp_path):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  bad_key = subprocess.run(
-      [sys.executable, "-m", "drlih_jax.main", "--config=configs/digits.py", f"--workdir={tmp_path}",
-       "--config.hash.bitz=3"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-  assert bad_key.returncode != 0
-  assert "bitz" in bad_key.stderr
-  no_ckpt = subprocess.run(
-      [sys.executable, "-m", "drlih_jax.main", "--config=configs/digits.py", f"--workdir={tmp_path}",
-       "--mode=eval", "--config.dataset.loader=pillow"], cwd=REPO, env=env, capture_output=True, text=True,
-      timeout=120)
-  assert no_ckpt.returncode == 1
-  assert "no checkpoint found in" in no_ckpt.stderr and str(tmp_path) in no_ckpt.stderr
 
 
 def test_trains_and_evaluates_without_tensorflow(tmp_path):
@@ -184,7 +186,7 @@ from tests import test_train
 from drlih_jax import train
 config = test_train.small_config(**{{"train.steps": 4, "dataset.loader": "auto"}})
 train.train_and_evaluate(config, {str(tmp_path)!r})
-train.evaluate_checkpoint(config, {str(tmp_path)!r})
+train.evaluate_checkpoint({str(tmp_path)!r})
 assert not any(m.startswith('tensorflow') and sys.modules[m] is not None for m in sys.modules), 'TF imported'
 print('ok')
 """
@@ -214,14 +216,24 @@ def test_digits_tfds_builder_matches_scikit_learn(tmp_path):
   assert not np.array_equal(digits.load_digits(other.dataset).query.ids, data.query.ids)
 
 
-def test_smoke_mock_tfds_cifar10(tmp_path):
-  """train_and_evaluate end to end on the official tfds cifar10 builder, mocked (no download here)."""
+def test_mock_tfds_cifar10_ids_labels_and_learning(tmp_path):
+  """End to end through the official tfds cifar10 builder, mocked (no download here).
+
+  The fake splits come in a shuffled tfds order with class-coloured images: the run must map tfds ids to
+  the documented ids (train_k -> k, test_k -> 50,000 + k), keep each image with its label, and learn.
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from drlih_jax.data import image_io  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
-  fake = {split: (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), np.arange(n) % 10,
-                  [f"{split}_{k:05d}" for k in range(n)]) for split, n in (("train", 120), ("test", 60))}
+  colours = rng.integers(0, 256, (10, 3))
+  fake, expected_labels = {}, {}
+  for split, n, offset in (("train", 120, 0), ("test", 60, 50_000)):
+    numbers = rng.permutation(n)  # tfds order != id order
+    labels = (numbers * 7) % 10
+    images = np.clip(colours[labels][:, None, None, :] + rng.normal(0, 12, (n, 32, 32, 3)), 0, 255)
+    fake[split] = (images.astype(np.uint8), labels, [f"{split}_{k:05d}" for k in numbers])
+    expected_labels.update({offset + int(k): int(l) for k, l in zip(numbers, labels)})
 
   def as_dataset_fn(self, split, decoders=None, read_config=None, shuffle_files=False):
     del self, read_config, shuffle_files
@@ -233,23 +245,32 @@ def test_smoke_mock_tfds_cifar10(tmp_path):
   config = small_config(**{
       "dataset.name": "cifar10-2", "dataset.source": "tfds", "dataset.loader": "tfds",
       "dataset.mean": (0.49, 0.48, 0.45), "dataset.std": (0.25, 0.24, 0.26),
-      "input.classes_per_batch": 4, "input.images_per_class": 4, "input.augment": "crop_flip",
-      "train.steps": 6, "train.checkpoint_every": 6, "train.log_every": 3, "train.eval_batch_size": 64})
+      "input.classes_per_batch": 5, "input.images_per_class": 4, "input.augment": "crop_flip",
+      "train.steps": 30, "train.checkpoint_every": 30, "train.log_every": 10, "train.eval_batch_size": 64})
   with tfds.testing.mock_data(as_dataset_fn=as_dataset_fn):
+    data = protocols.load_retrieval_data(config.dataset)
     state = train.train_and_evaluate(config, str(tmp_path / "run"))
-  assert int(state.step) == 6
-  with open(tmp_path / "run" / "eval_6.json") as f:
+  assert int(state.step) == 30
+  np.testing.assert_array_equal(data.database.ids, np.arange(120))
+  np.testing.assert_array_equal(data.query.ids, 50_000 + np.arange(60))
+  for split in (data.database, data.query):
+    assert [expected_labels[int(i)] for i in split.ids] == split.labels.tolist()
+    for image, label in zip(split.images[:5], split.labels[:5]):  # each image kept with its own label
+      assert np.abs(image.reshape(-1, 3).mean(0) - colours[label]).max() < 8
+  with open(tmp_path / "run" / "splits.json") as f:
+    assert json.load(f)["ids"]["query"] == list(range(50_000, 50_060))
+  with open(tmp_path / "run" / "eval_30.json") as f:
     report = json.load(f)
   assert report["num_queries"] == 60 and report["num_database"] == 120
-  assert 0.0 < report["map"]["16"] <= 1.0
+  assert report["map"]["16"] > 0.5, report["map"]  # chance is 0.1: the colours are learnt
 
 
 def test_encoded_codes_search_with_faiss(trained):
   """The encode mode's packed rows are what faiss's binary indexes take (README example)."""
   faiss = pytest.importorskip("faiss", reason="faiss-cpu (extra 'faiss') is not installed")
   config, workdir, _ = trained
-  db = np.load(train.encode_checkpoint(config, workdir, "database"))
-  q = np.load(train.encode_checkpoint(config, workdir, "query"))
+  db = np.load(train.encode_checkpoint(workdir, "database"))
+  q = np.load(train.encode_checkpoint(workdir, "query"))
   index = faiss.IndexBinaryFlat(int(db["bits"]))
   index.add(db["codes"])
   distances, neighbours = index.search(q["codes"], 5)
@@ -288,5 +309,5 @@ def test_streaming_mode_trains_and_resumes_exactly(tmp_path, tmp_path_factory):
   resumed = train.train_and_evaluate(config, str(part_dir))  # restarts the stream at step 4
   for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(full.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  with pytest.raises(ValueError, match="input.mode must be one of"):
+  with pytest.raises(errors.ConfigError, match="input.mode must be one of"):
     train.train_and_evaluate(_streaming_config(root, data_dir, **{"input.mode": "disk"}), str(tmp_path / "bad"))

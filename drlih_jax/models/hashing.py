@@ -37,3 +37,23 @@ class HashingModel(nn.Module):
     actions, logits = self.agent(tiled, flat_noise)
     bits = actions.shape[-1]
     return actions.reshape(num_rollouts, batch, bits), logits.reshape(num_rollouts, batch, bits)
+
+  def greedy(self, images, train: bool = False):
+    """The greedy rollout (a = 1[p > 0.5], fed back): the evaluation code of each image.
+
+    Args:
+      images: [B, H, W, C] float, normalised.
+      train: batch-norm/dropout mode of the backbone (False: inference).
+
+    Returns:
+      actions [B, K] float {0, 1} and logits [B, K].
+    """
+    features = self.backbone(images, train=train)
+    num_steps = self.agent.bits // self.agent.group
+    noise = jnp.full((num_steps, features.shape[0], self.agent.group), 0.5, jnp.float32)
+    return self.agent(features, noise)
+
+  def features(self, images):
+    """The backbone feature v of each image (inference mode): [B, D]."""
+    return self.backbone(images, train=False)
+

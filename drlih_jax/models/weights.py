@@ -21,9 +21,12 @@ input order (C, H, W) -> ours (H, W, C); Linear (out, in) -> Dense (in, out).
 
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from drlih_jax import errors
 
 from drlih_jax.models.vgg import NUM_CONVS, POOL_OUTPUT_SIZE, VGG19_CFG, VGG19BN
 
@@ -185,16 +188,13 @@ def load_vgg19_bn_torchvision(path: str, feature_dim: int = 4096) -> Dict[str, D
     ``VGG19BN().apply``.
 
   Raises:
-    ImportError: If ``safetensors`` is not installed.
+    MissingExtraError: If ``safetensors`` is not installed (names the pip command).
     ValueError: Naming the missing/unexpected/misshapen keys and the file.
   """
-  try:
-    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(
-        "load_vgg19_bn_torchvision needs the 'safetensors' package "
-        "(pip install safetensors, or the project's [weights] extra)") from e
-  state_dict = load_file(path)
+  safetensors_numpy = errors.require_module("safetensors.numpy", "model.pretrained (reading safetensors weights)",
+                                           "pip install 'drlih_jax[weights]'")
+  # Read through etils.epath, so the file may be local or a gs:// URL.
+  state_dict = safetensors_numpy.load(epath.Path(path).read_bytes())
   return convert_vgg19_bn_state_dict(state_dict, source=path, feature_dim=feature_dim)
 
 
