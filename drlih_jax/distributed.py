@@ -234,7 +234,8 @@ def initialize(mode: str = "auto", coordinator_address: str | None = None,
     The decision that was applied.
 
   Raises:
-    DistributedFlagsError: as `decide`.
+    DistributedFlagsError: as `decide`; also when JAX is asked to detect the cluster and finds
+      none (its ValueError, e.g. `--distributed=on` on a single machine).
   """
   environ = os.environ if environ is None else environ
   if host is None:
@@ -245,5 +246,12 @@ def initialize(mode: str = "auto", coordinator_address: str | None = None,
     if initialize_fn is None:
       import jax  # pylint: disable=g-import-not-at-top
       initialize_fn = jax.distributed.initialize
-    initialize_fn(**decision.kwargs)
+    try:
+      initialize_fn(**decision.kwargs)
+    except ValueError as e:
+      if decision.kwargs:  # Explicit, validated arguments: not a detection problem.
+        raise
+      raise DistributedFlagsError(
+          f"--distributed={mode}: jax.distributed.initialize() found no cluster to join ({e}); "
+          "give --coordinator_address, --num_processes and --process_id, or --distributed=off") from e
   return decision

@@ -116,7 +116,7 @@ start_job() {
 job_status() {
   local out rc=0
   out="$(gcloud_silent compute tpus tpu-vm ssh "${SUP_NAME}" "--zone=${SUP_ZONE}" --worker=all \
-    "--command=$(remote_status_command "${SUP_RUN}")" 2>/dev/null)" || rc=$?
+    "--command=$(remote_status_command "${SUP_RUN}")" </dev/null 2>/dev/null)" || rc=$?
   case "${out}" in
     *"drlih-job stopped"*"drlih-job running"* | *"drlih-job running"*"drlih-job stopped"*)
       echo partial

@@ -236,6 +236,24 @@ def test_initialize_applies_the_decision():
   assert len(calls) == 2
 
 
+def test_initialize_turns_a_failed_detection_into_a_flags_error():
+  def no_cluster(**kwargs):
+    assert not kwargs
+    raise ValueError("coordinator_address should be defined.")
+  with pytest.raises(DistributedFlagsError) as raised:
+    distributed.initialize("on", environ={}, host=SINGLE, initialize_fn=no_cluster)
+  assert str(raised.value) == (
+      "--distributed=on: jax.distributed.initialize() found no cluster to join (coordinator_address "
+      "should be defined.); give --coordinator_address, --num_processes and --process_id, or "
+      "--distributed=off")
+
+  def refused(**kwargs):
+    raise ValueError(f"bad {kwargs}")
+  with pytest.raises(ValueError) as raised:  # explicit arguments: JAX's own error, unchanged
+    distributed.initialize("on", "h:1", 2, 0, environ={}, host=SINGLE, initialize_fn=refused)
+  assert not isinstance(raised.value, DistributedFlagsError)
+
+
 def test_initialize_probes_the_machine_by_default(monkeypatch):
   seen = []
   monkeypatch.setattr(distributed, "probe_host", lambda environ: seen.append(environ) or TPU_VM)
