@@ -30,11 +30,15 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "encode"], "What to do.")
 flags.DEFINE_integer("step", None, "eval/encode: the checkpoint step (default: the latest).", lower_bound=0)
 flags.DEFINE_enum("split", "database", ["query", "database", "train"], "encode: the split to encode.")
 flags.DEFINE_string("output", None, "encode: output .npz path (default: <workdir>/codes_<split>_<step>.npz).")
+flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                  "Multi-host start-up: auto initialises jax.distributed on Cloud TPU VMs and multi-host GKE "
+                  "TPU pods; on always initialises (JAX detects the cluster); off never does. "
+                  "See drlih_jax/distributed.py.")
 flags.DEFINE_string("coordinator_address", None,
-                    "Multi-process runs outside Cloud TPU: host:port of process 0 (with --num_processes and "
-                    "--process_id). On multi-host Cloud TPU VMs jax.distributed initialises itself.")
-flags.DEFINE_integer("num_processes", None, "Multi-process: the number of processes.")
-flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+                    "Multi-process runs JAX cannot detect (GPU clusters): host:port of process 0; give "
+                    "--num_processes and --process_id with it.")
+flags.DEFINE_integer("num_processes", None, "Multi-process: the number of processes (with --coordinator_address).")
+flags.DEFINE_integer("process_id", None, "Multi-process: this process's index (with --coordinator_address).")
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -72,14 +76,18 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def _initialize_distributed():
-  """Connects the processes of a multi-process run before any other JAX call."""
-  import os  # pylint: disable=g-import-not-at-top
+  """Connects the processes of a multi-process run before any other JAX call (see distributed.py).
+
+  A contradictory or incomplete set of --distributed/--coordinator_address/--num_processes/--process_id
+  flags ends the program with one line on stderr and exit status 2, before anything is written.
+  """
   import jax  # pylint: disable=g-import-not-at-top
-  if FLAGS.coordinator_address:
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
-  elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
-    jax.distributed.initialize()  # A multi-host TPU slice: addresses come from the TPU metadata.
+  from drlih_jax import distributed  # pylint: disable=g-import-not-at-top
+  try:
+    distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
+                           FLAGS.process_id)
+  except distributed.DistributedFlagsError as e:
+    _fail(str(e), 2)
   if jax.process_count() > 1:
     logging.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.device_count())

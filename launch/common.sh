@@ -13,6 +13,8 @@
 #   FLAG_SHIFT    how many words the flag being parsed consumed.
 #   FLAG_TABLE    the FLAG TARGET rows given to parse_flags.
 #   EXTRA_ARGS    arguments passed through to drlih_jax.main (parse_flags).
+#   LAUNCH_DIR    the folder holding these scripts (to run one from another).
+#   STATE_CMD     gcloud arguments set by state_command.
 
 # Where things live on every TPU VM worker (relative to the remote $HOME). The
 # tilde is deliberately unexpanded here: the remote shell expands it.
@@ -32,7 +34,9 @@ FLAG_VALUE=""
 FLAG_SHIFT=0
 FLAG_TABLE=()
 EXTRA_ARGS=()
+STATE_CMD=()
 SCRIPT_NAME="$(basename "$0")"
+LAUNCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 
 # Prints an error and the usage text to stderr, then exits with status 2.
 usage_error() {
@@ -110,6 +114,8 @@ unknown_flag() {
 # Rows:
 #   --flag var        takes a value, `--flag V` or `--flag=V`, into var.
 #   --flag var=VALUE  a switch (no value, exact match): sets var to VALUE.
+#   --flag array+     repeatable: appends each value to the array `array`; the
+#                     value may itself start with -- (`--flag --other=x`).
 #   --config.* EXTRA_ARGS
 #                     passes `--config.KEY=VALUE` overrides and every argument
 #                     after `--` through, appended in order to EXTRA_ARGS.
@@ -151,6 +157,17 @@ parse_table_flag() {
         FLAG_SHIFT=$#
         return 0
       fi
+    elif [[ "${row_target}" == *+ ]]; then
+      if [[ "$1" == "${row_flag}" || "$1" == "${row_flag}="* ]]; then
+        if [[ "$1" != *=* ]] && (($# >= 2)); then
+          FLAG_VALUE="$2"
+          FLAG_SHIFT=2
+        else
+          take_value "$@"
+        fi
+        eval "${row_target%+}+=(\"\${FLAG_VALUE}\")"
+        return 0
+      fi
     elif [[ "${row_target}" == *=* ]]; then
       if [[ "$1" == "${row_flag}" ]]; then
         printf -v "${row_target%%=*}" '%s' "${row_target#*=}"
@@ -164,6 +181,14 @@ parse_table_flag() {
     fi
   done
   return 1
+}
+
+# Validates a non-negative integer flag value.
+check_count() {
+  local flag="$1" value="$2"
+  if [[ ! "${value}" =~ ^[0-9]+$ ]]; then
+    usage_error "${flag} must be a non-negative integer, got '${value}'"
+  fi
 }
 
 # Validates a TPU VM worker selector: `all` or a non-negative integer.
@@ -278,4 +303,72 @@ remote_env_prefix() {
 # Usage: remote_main_command ARG...
 remote_main_command() {
   printf '%s -m drlih_jax.main %s' "${REMOTE_PYTHON}" "$(format_command "$@")"
+}
+
+# Runs gcloud ARG... without printing it (for polling), adding --project=P when
+# --project was given.
+gcloud_silent() {
+  if [[ -n "${PROJECT}" ]]; then
+    gcloud "$@" "--project=${PROJECT}"
+  else
+    gcloud "$@"
+  fi
+}
+
+# Prints a status line with a UTC time stamp: `[TIME] SCRIPT: MESSAGE`.
+log_status() {
+  printf '[%s] %s: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "${SCRIPT_NAME}" "$1"
+}
+
+# Sets STATE_CMD to the gcloud arguments that print the state of the TPU VM
+# NAME or, when QUEUED is 1, of the queued resource NAME.
+# Usage: state_command NAME ZONE QUEUED
+state_command() {
+  local name="$1" zone="$2" queued="$3"
+  if ((queued)); then
+    STATE_CMD=(compute tpus queued-resources describe "${name}" "--zone=${zone}"
+      "--format=value(state.state)")
+  else
+    STATE_CMD=(compute tpus tpu-vm describe "${name}" "--zone=${zone}"
+      "--format=value(state)")
+  fi
+}
+
+# Prints the state of the TPU VM (or queued resource) NAME as gcloud gives it
+# (TPU VM: READY, CREATING, PREEMPTED, TERMINATED, ...; queued resource:
+# WAITING_FOR_RESOURCES, PROVISIONING, ACTIVE, SUSPENDED, FAILED, ...), MISSING
+# when gcloud answers NOT_FOUND, UNKNOWN when it fails otherwise.
+# Usage: slice_state NAME ZONE QUEUED
+slice_state() {
+  local out err_file rc=0
+  state_command "$@"
+  err_file="$(mktemp)"
+  out="$(gcloud_silent "${STATE_CMD[@]}" 2>"${err_file}")" || rc=$?
+  out="${out//[[:space:]]/}"
+  if ((rc == 0)) && [[ -n "${out}" ]]; then
+    printf '%s\n' "${out}"
+  elif grep -q NOT_FOUND "${err_file}"; then
+    echo MISSING
+  else
+    echo UNKNOWN
+  fi
+  rm -f "${err_file}"
+}
+
+# Runs another script of launch/ with ARG... (plus --project and --dry-run
+# when given here), printing it first as `+ bash PATH ARG...`. It runs under
+# --dry-run too: then it only prints its own commands.
+# Usage: run_launch_script SCRIPT ARG...
+run_launch_script() {
+  local script="$1"
+  shift
+  local -a cmd=(bash "${LAUNCH_DIR}/${script}" "$@")
+  if [[ -n "${PROJECT}" ]]; then
+    cmd+=("--project=${PROJECT}")
+  fi
+  if ((DRY_RUN)); then
+    cmd+=(--dry-run)
+  fi
+  printf '+ %s\n' "$(format_command "${cmd[@]}")"
+  "${cmd[@]}"
 }

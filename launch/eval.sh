@@ -14,7 +14,7 @@ Usage: eval.sh --name NAME --zone ZONE --workdir gs://BUCKET/RUN
 Runs, on worker 0 (default) of the TPU VM NAME, in the foreground:
 
   ~/drlih_venv/bin/python -m drlih_jax.main --config=FILE --workdir=WORKDIR \
-      --mode=eval [--step=N] [--config.KEY=VALUE ...] [ARG ...]
+      --mode=eval --distributed=on [--step=N] [--config.KEY=VALUE ...] [ARG ...]
 
 restoring the orbax checkpoint of step N (default: the latest) from WORKDIR;
 output is shown and appended to ~/drlih_logs/RUN.log (default eval.log).
@@ -26,7 +26,8 @@ one host. On a single-host TPU VM (v4-8, v5litepod-8, ...) worker 0 is the
 whole slice. On a multi-host slice (v5litepod-16, v4-16, ...), a JAX program
 started on one worker alone waits for the others; there, pass --worker=all
 (eval runs as a multi-host job), or evaluate on a separate single-host TPU VM
-pointed at the same gs:// workdir.
+pointed at the same gs:// workdir. --distributed=on makes every process call
+jax.distributed.initialize() (on a single-host VM: a run of one process).
 
   --name NAME            TPU VM name.
   --zone ZONE            its zone.
@@ -88,7 +89,7 @@ main() {
   check_simple_name --run-name "${run_name}"
   need_gcloud
 
-  local -a main_args=("--config=${config}" "--workdir=${workdir}" "--mode=${mode}")
+  local -a main_args=("--config=${config}" "--workdir=${workdir}" "--mode=${mode}" --distributed=on)
   if [[ -n "${step}" ]]; then
     main_args+=("--step=${step}")
   fi
