@@ -3,8 +3,9 @@
 Inputs. Codes are {0,1} arrays of shape (n, K) of any integer or bool dtype (row i is the code of item
 i). Labels are either class ids, shape (n,) of non-negative integers, or multi-hot, shape (n, C) of
 {0,1}; query and database labels must have the same form. A database item is *relevant* to a query
-when the two share at least one label (for class ids: the same class). The ranking of a query is the
-database ordered by Hamming distance, 0..K.
+when the two share at least one label (for class ids: the same class): `relevance`, the one definition
+that the training triplets, the numba kernel and the retrieval grid also use. The ranking of a query is
+the database ordered by Hamming distance, 0..K.
 
 Ties. Hamming distances take only K+1 values, so ties are the rule, not the exception, and the tie rule
 moves mAP by whole points at short code lengths. Two rules are offered:
@@ -107,8 +108,28 @@ __all__ = [
     "MAPResult", "HammingStatistics", "pack_bits", "hamming_statistics", "compute_map",
     "mean_average_precision", "map_from_statistics", "precision_within_radius",
     "radius_statistics", "precision_at_k", "precision_at_k_from_statistics",
-    "precision_recall_curve", "pr_curve_from_statistics", "full_report",
+    "precision_recall_curve", "pr_curve_from_statistics", "full_report", "relevance",
 ]
+
+
+def relevance(labels_a, labels_b):
+  """Whether item i of `labels_a` and item j of `labels_b` are relevant to each other: (n_a, n_b) bool.
+
+  The one relevance rule of the package: two items are relevant when they share at least one label.
+  Works on numpy and JAX arrays (also inside jit).
+
+  Args:
+    labels_a: class ids (n_a,): relevant means the same class; or label sets (n_a, W) of an integer or
+      bool dtype, either multi-hot {0,1} rows (W = number of classes) or bit-packed multi-hot words
+      (`pack_bits`): relevant means a nonzero bitwise AND in some column.
+    labels_b: (n_b,) or (n_b, W), the same form as `labels_a`.
+
+  Returns:
+    (n_a, n_b) bool.
+  """
+  if labels_a.ndim == 1:
+    return labels_a[:, None] == labels_b[None, :]
+  return ((labels_a[:, None, :] & labels_b[None, :, :]) != 0).any(axis=-1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,16 +225,6 @@ def _distances(db_words, q_words):
   return d.astype(jnp.int32)
 
 
-def _relevance(db_labels, q_labels, multi: bool):
-  """Relevance (b, Q) bool: same class id, or at least one shared label bit."""
-  if not multi:
-    return db_labels[:, None] == q_labels[None, :]
-  shared = db_labels[:, None, 0] & q_labels[None, :, 0]
-  for w in range(1, q_labels.shape[1]):
-    shared = shared | (db_labels[:, None, w] & q_labels[None, :, w])
-  return shared != 0
-
-
 def _blocked(db_words, db_labels, block: int):
   """Database arrays reshaped to (n_blocks, block, ...)."""
   n_blocks = db_words.shape[0] // block
@@ -242,7 +253,7 @@ def _histogram_kernel(q_words, q_labels, db_words, db_labels, n_pad, *, num_bits
   def step(hist, xs):
     words, labels = xs
     dist = _distances(words, q_words).T  # (Q, b): queries on the leading axis for scatter locality
-    rel = _relevance(labels, q_labels, multi).T
+    rel = relevance(labels, q_labels).T
     if method == "scatter":
       offset = (jnp.arange(num_q, dtype=jnp.int32) * (2 * bins))[:, None]
       key = offset + rel.astype(jnp.int32) * bins + dist
@@ -315,7 +326,7 @@ def _walk_database(block_step, q_words, q_labels, hist, db_words, db_labels, ks,
   def chunk_step(carry, xs):
     words, labels = xs
     dist = _distances(words, q_words)  # (chunk, Q)
-    rel = _relevance(labels, q_labels, multi)
+    rel = relevance(labels, q_labels)
     # Counter index distance * Q + query, computed once per chunk (cheaper than per block).
     index = dist * num_q + q_index[None, :]
     parts = (dist, rel, index) if with_distances else (rel, index)

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 import numpy as np
 from PIL import Image
 
+from drlih_jax import metrics
 from drlih_jax.metrics import full_report  # noqa: F401  (re-exported)
 
 GREEN = (40, 170, 60)
@@ -174,12 +175,6 @@ def _as_rgb(images, name: str) -> np.ndarray:
   return arr[..., :3]
 
 
-def _relevant(query_label, db_labels: np.ndarray) -> np.ndarray:
-  if db_labels.ndim == 1:
-    return db_labels == query_label
-  return (db_labels.astype(bool) & np.asarray(query_label, bool)[None, :]).any(axis=1)
-
-
 def _framed(image: np.ndarray, color, scale: int, border: int) -> np.ndarray:
   if scale > 1:
     image = image.repeat(scale, axis=0).repeat(scale, axis=1)
@@ -196,7 +191,7 @@ def retrieval_grid(query_images, query_codes, query_labels, db_images, db_codes,
   """Writes a grid: per row a query image (blue frame) and its `top` nearest database images.
 
   Database images are ranked by Hamming distance, ties broken by database index, and framed green
-  when relevant to the query (a shared label) and red otherwise.
+  when relevant to the query (`metrics.relevance`: a shared label) and red otherwise.
 
   Args:
     query_images: (n_q, H, W[, C]) uint8.
@@ -231,6 +226,8 @@ def retrieval_grid(query_images, query_codes, query_labels, db_images, db_codes,
                      f"{d_img.shape[1:]} differ in size")
   if len(q_img) == 0 or len(d_img) == 0:
     raise ValueError("retrieval_grid: needs at least one query and one database image")
+  if d_lab.ndim == 2:
+    q_lab, d_lab = q_lab != 0, d_lab != 0  # any nonzero multi-hot entry is a label
   if query_indices is None:
     count = min(num_queries, len(q_img))
     query_indices = np.unique(np.linspace(0, len(q_img) - 1, count).round().astype(int))
@@ -244,7 +241,7 @@ def retrieval_grid(query_images, query_codes, query_labels, db_images, db_codes,
   for qi in query_indices:
     distance = np.count_nonzero(x_bits != q_codes[qi].astype(bool)[None, :], axis=1)
     order = np.argsort(distance, kind="stable")[:top]
-    relevant = _relevant(q_lab[qi], d_lab[order])
+    relevant = metrics.relevance(q_lab[qi:qi + 1], d_lab[order])[0]
     tiles = [_framed(q_img[qi], QUERY_FRAME, scale, border)]
     tiles.append(np.full((tiles[0].shape[0], gap, 3), BACKGROUND, np.uint8))
     for j, rel in zip(order, relevant):

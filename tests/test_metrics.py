@@ -6,6 +6,8 @@ exhaustive enumeration of tie orders, and a transcription of DeepHash-pytorch's 
 
 import itertools
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
@@ -88,6 +90,57 @@ def tied_codes(rng, n, bits, prototypes=4, flip=0.08):
   protos = rng.integers(0, 2, (prototypes, bits))
   base = protos[rng.integers(0, prototypes, n)]
   return (base ^ (rng.random((n, bits)) < flip)).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------
+# The relevance rule.
+
+
+def test_relevance_rule_hand_worked():
+  # Class ids: the same class.
+  np.testing.assert_array_equal(metrics.relevance(np.array([0, 2]), np.array([2, 0, 0, 1])),
+                                [[0, 1, 1, 0], [1, 0, 0, 0]])
+  # Multi-hot: at least one shared label; a row without labels is relevant to nothing.
+  a = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0]], np.uint8)
+  b = np.array([[1, 1, 0], [0, 0, 1], [1, 0, 0], [0, 0, 0]], np.uint8)
+  expected = [[1, 0, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]]
+  np.testing.assert_array_equal(metrics.relevance(a, b), expected)
+  np.testing.assert_array_equal(metrics.relevance(a.astype(bool), b.astype(bool)), expected)
+  # The same rule on JAX arrays, inside jit.
+  np.testing.assert_array_equal(jax.jit(metrics.relevance)(jnp.asarray(a), jnp.asarray(b)), expected)
+
+
+def test_relevance_of_packed_words_equals_unpacked():
+  # 70 labels: three 32-bit words, shared labels in each word and in none.
+  rng = np.random.default_rng(22)
+  a = (rng.random((40, 70)) < 0.03).astype(np.uint8)
+  b = (rng.random((50, 70)) < 0.03).astype(np.uint8)
+  a[0] = 0
+  b[:3] = 0
+  b[3, 69] = a[1, 69] = 1  # a label in the last (partial) word only
+  rule = metrics.relevance(a, b)
+  np.testing.assert_array_equal(rule, _relevance(a, b))  # the independent reference
+  np.testing.assert_array_equal(metrics.relevance(metrics.pack_bits(a), metrics.pack_bits(b)), rule)
+  assert 0 < rule.sum() < rule.size
+
+
+@pytest.mark.parametrize("labels", ["single", "multi"])
+def test_numba_relevance_equals_the_rule(labels):
+  # metrics_numba writes the rule out per pair; its relevant counts per distance must be those of
+  # metrics.relevance (multi-hot: three label words, unlabelled rows included).
+  rng = np.random.default_rng(23)
+  q, x = tied_codes(rng, 15, 20), tied_codes(rng, 300, 20)
+  if labels == "single":
+    ql, xl = rng.integers(0, 4, 15), rng.integers(0, 4, 300)
+  else:
+    ql = (rng.random((15, 70)) < 0.04).astype(np.uint8)
+    xl = (rng.random((300, 70)) < 0.04).astype(np.uint8)
+    ql[0], xl[:5] = 0, 0
+  stats = metrics.hamming_statistics(q, x, ql, xl, stable=False, stable_method="numba")
+  rel, dist = metrics.relevance(ql, xl), _hamming(q, x)
+  for i in range(len(q)):
+    np.testing.assert_array_equal(stats.hist_rel[i], np.bincount(dist[i][rel[i]], minlength=21))
+  assert 0 < stats.hist_rel.sum() < len(q) * len(x)
 
 
 # ----------------------------------------------------------------------------------------------
