@@ -12,7 +12,7 @@ because the rank offsets are applied after the walk instead of before it.
 Relevance is `metrics.relevance` written out per pair for numba (the same rule: equal class ids, or a
 nonzero AND of packed label words); tests/test_metrics.py checks that the two agree.
 
-Imported by `metrics` only where numba is installed and the backend is the CPU.
+The default of `metrics.hamming_statistics` on the CPU (numba is a core dependency, imported lazily).
 """
 
 from __future__ import annotations
@@ -98,15 +98,6 @@ def _kernels():
     return hist_all, hist_rel, sums, sums_k, rel_k
 
   return statistics
-
-
-def available() -> bool:
-  """Whether numba imports."""
-  try:
-    import numba  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    return False
-  return True
 
 
 def _words64(codes: np.ndarray) -> np.ndarray:

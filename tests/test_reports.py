@@ -6,6 +6,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from bench import metrics_variants as variants
 from drlih_jax import metrics
 from drlih_jax import reports
 
@@ -46,17 +47,17 @@ def test_full_report_layout_and_values(code_sets):
     key = str(bits)
     qb, xb = q[:, :bits], x[:, :bits]
     assert report["map"][key] == pytest.approx(
-        metrics.mean_average_precision(qb, xb, ql, xl, **SMALL), abs=1e-7)
+        variants.mean_average_precision(qb, xb, ql, xl, **SMALL), abs=1e-7)
     assert report["map_average_ties"][key] == pytest.approx(
-        metrics.mean_average_precision(qb, xb, ql, xl, ties="average", **SMALL), abs=1e-12)
+        variants.mean_average_precision(qb, xb, ql, xl, ties="average", **SMALL), abs=1e-12)
     assert report["map_at_k"]["20"][key] == pytest.approx(
-        metrics.mean_average_precision(qb, xb, ql, xl, top_k=20, **SMALL), abs=1e-7)
+        variants.mean_average_precision(qb, xb, ql, xl, top_k=20, **SMALL), abs=1e-7)
     assert report["map_at_k_average_ties"]["20"][key] == pytest.approx(
-        metrics.mean_average_precision(qb, xb, ql, xl, top_k=20, ties="average", **SMALL),
+        variants.mean_average_precision(qb, xb, ql, xl, top_k=20, ties="average", **SMALL),
         abs=1e-12)
     assert report["precision_radius2"][key] == pytest.approx(
-        metrics.precision_within_radius(qb, xb, ql, xl, **SMALL), abs=1e-12)
-    p_at_k = metrics.precision_at_k(qb, xb, ql, xl, ks=[10, 50], **SMALL)
+        variants.precision_within_radius(qb, xb, ql, xl, **SMALL), abs=1e-12)
+    p_at_k = variants.precision_at_k(qb, xb, ql, xl, ks=[10, 50], **SMALL)
     assert [report["precision_at_k"][k][key] for k in ("10", "50")] == pytest.approx(p_at_k)
     curve = report["pr_curve"][key]
     assert len(curve["precision"]) == len(curve["recall"]) == bits + 1
