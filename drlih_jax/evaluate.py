@@ -149,8 +149,10 @@ def write_report(workdir: str, step: int, report: dict, config, data=None, query
     plot_dir = os.path.join(workdir, f"eval_{step}")
     os.makedirs(plot_dir, exist_ok=True)
     reports.write_plots(report, plot_dir)
+    order = database_order(len(db_codes), config.train.get("eval_database_order", "shuffled"))
     reports.retrieval_grid(data.query.images, query_codes, data.query.labels, data.database.images,
-                           db_codes, data.database.labels, os.path.join(plot_dir, "retrieval_grid.png"))
+                           db_codes, data.database.labels, os.path.join(plot_dir, "retrieval_grid.png"),
+                           database_order=order)
   logging.info("Wrote %s: mAP@all %s", path,
                ", ".join(f"{k} bits {v:.4f}" for k, v in sorted(report["map"].items(), key=lambda kv: int(kv[0]))))
   return path

@@ -187,11 +187,13 @@ def _framed(image: np.ndarray, color, scale: int, border: int) -> np.ndarray:
 
 def retrieval_grid(query_images, query_codes, query_labels, db_images, db_codes, db_labels,
                    path: str, num_queries: int = 8, top: int = 10,
-                   query_indices: Sequence[int] | None = None) -> str:
+                   query_indices: Sequence[int] | None = None,
+                   database_order: Sequence[int] | None = None) -> str:
   """Writes a grid: per row a query image (blue frame) and its `top` nearest database images.
 
-  Database images are ranked by Hamming distance, ties broken by database index, and framed green
-  when relevant to the query (`metrics.relevance`: a shared label) and red otherwise.
+  Database images are ranked by Hamming distance, ties broken in `database_order` (the order the
+  stable metrics rank the database in), and framed green when relevant to the query
+  (`metrics.relevance`: a shared label) and red otherwise.
 
   Args:
     query_images: (n_q, H, W[, C]) uint8.
@@ -204,6 +206,8 @@ def retrieval_grid(query_images, query_codes, query_labels, db_images, db_codes,
     num_queries: rows (queries spread evenly over the query set unless `query_indices` is given).
     top: retrieved images per row.
     query_indices: explicit query rows to show.
+    database_order: the database positions in ranking order, a permutation of range(n_db)
+      (`evaluate.database_order`); tied items appear in this order. None: stored order (index).
 
   Returns:
     path.
@@ -226,6 +230,12 @@ def retrieval_grid(query_images, query_codes, query_labels, db_images, db_codes,
                      f"{d_img.shape[1:]} differ in size")
   if len(q_img) == 0 or len(d_img) == 0:
     raise ValueError("retrieval_grid: needs at least one query and one database image")
+  if database_order is None:
+    database_order = np.arange(len(d_img))
+  database_order = np.asarray(database_order)
+  if not np.array_equal(np.sort(database_order), np.arange(len(d_img))):
+    raise ValueError(f"retrieval_grid: database_order must be a permutation of the {len(d_img)} "
+                     f"database positions, got shape {database_order.shape}")
   if d_lab.ndim == 2:
     q_lab, d_lab = q_lab != 0, d_lab != 0  # any nonzero multi-hot entry is a label
   if query_indices is None:
@@ -240,7 +250,7 @@ def retrieval_grid(query_images, query_codes, query_labels, db_images, db_codes,
   rows = []
   for qi in query_indices:
     distance = np.count_nonzero(x_bits != q_codes[qi].astype(bool)[None, :], axis=1)
-    order = np.argsort(distance, kind="stable")[:top]
+    order = database_order[np.argsort(distance[database_order], kind="stable")[:top]]
     relevant = metrics.relevance(q_lab[qi:qi + 1], d_lab[order])[0]
     tiles = [_framed(q_img[qi], QUERY_FRAME, scale, border)]
     tiles.append(np.full((tiles[0].shape[0], gap, 3), BACKGROUND, np.uint8))
