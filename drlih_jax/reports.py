@@ -2,24 +2,24 @@
 
 Plots are drawn with matplotlib's Agg canvas directly (`matplotlib.figure.Figure` +
 `FigureCanvasAgg`), without pyplot, so nothing changes the process-wide backend and no display is
-needed. The grid is composed in numpy and written with Pillow.
+needed. The grid is composed in numpy and encoded with Pillow. PNGs are encoded in memory and written
+with `etils.epath`, so output paths may be local or remote (`gs://...`).
 
-`full_report` (all metrics for every code prefix, JSON-serialisable) lives in `drlih_jax.metrics`
-and is re-exported here; `write_plots` turns its output into the three metric plots.
+`write_plots` turns a `metrics.full_report` dict into the three metric plots.
 """
 
 from __future__ import annotations
 
-import os
+import io
 from typing import Mapping, Sequence
 
+from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
 from PIL import Image
 
 from drlih_jax import metrics
-from drlih_jax.metrics import full_report  # noqa: F401  (re-exported)
 
 GREEN = (40, 170, 60)
 RED = (210, 40, 40)
@@ -34,13 +34,20 @@ def new_figure(figsize=(5.5, 4.0)):
   return fig, fig.add_subplot(1, 1, 1)
 
 
+def _write_png(data: bytes, path) -> str:
+  """Writes PNG bytes to a local or remote path, creating its folder; returns the path as a string."""
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(data)
+  return str(path)
+
+
 def save_figure(fig, path: str) -> str:
   """Writes `fig` as a PNG (creating the folder, tight layout); returns `path`."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
   fig.tight_layout()
-  fig.savefig(path, format="png")
-  return path
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png")
+  return _write_png(buffer.getvalue(), path)
 
 
 def _sorted_lengths(mapping: Mapping) -> list:
@@ -141,20 +148,21 @@ def plot_map_vs_bits(series: Mapping[str, Mapping[int, float]], path: str,
 
 def write_plots(report: Mapping, out_dir: str) -> list[str]:
   """The PR-curve, P@k and mAP-versus-bits plots of a `full_report` dict; returns the paths."""
+  out_dir = epath.Path(out_dir)
   paths = []
   curves = {int(b): (c["precision"], c["recall"]) for b, c in report["pr_curve"].items()}
-  paths.append(plot_pr_curves(curves, os.path.join(out_dir, "pr_curve.png")))
+  paths.append(plot_pr_curves(curves, out_dir / "pr_curve.png"))
   p_at_k = report.get("precision_at_k", {})
   if p_at_k:
     ks = sorted(p_at_k, key=int)
     lengths = _sorted_lengths(next(iter(p_at_k.values())))
     curves = {int(b): ([int(k) for k in ks], [p_at_k[k][b] for k in ks]) for b in lengths}
-    paths.append(plot_precision_at_k(curves, os.path.join(out_dir, "precision_at_k.png")))
+    paths.append(plot_precision_at_k(curves, out_dir / "precision_at_k.png"))
   series = {"mAP@all, stable ties": report["map"],
             "mAP@all, tie-aware": report["map_average_ties"]}
   for k, values in sorted(report.get("map_at_k", {}).items(), key=lambda kv: int(kv[0])):
     series[f"mAP@{k}, stable ties"] = values
-  paths.append(plot_map_vs_bits(series, os.path.join(out_dir, "map_vs_bits.png")))
+  paths.append(plot_map_vs_bits(series, out_dir / "map_vs_bits.png"))
   return paths
 
 
@@ -260,7 +268,6 @@ def retrieval_grid(query_images, query_codes, query_labels, db_images, db_codes,
     rows.append(np.concatenate(tiles[:-1], axis=1))
     rows.append(np.full((border, rows[-1].shape[1], 3), BACKGROUND, np.uint8))
   grid = np.concatenate(rows[:-1], axis=0)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  Image.fromarray(grid).save(path, format="PNG")
-  return path
+  buffer = io.BytesIO()
+  Image.fromarray(grid).save(buffer, format="PNG")
+  return _write_png(buffer.getvalue(), path)

@@ -1,8 +1,14 @@
 """Tests of drlih_jax.reports (PNG plots, retrieval grid) and metrics.full_report."""
 
+import io
 import json
+import os
 import types
+from unittest import mock
 
+from etils import epath
+from etils.epath import gpath
+from etils.epath import testing as epath_testing
 import ml_collections
 import numpy as np
 from PIL import Image
@@ -74,7 +80,6 @@ def test_full_report_rejects_bad_prefix(code_sets):
   q, x, ql, xl = code_sets
   with pytest.raises(ValueError, match="prefix_lengths"):
     metrics.full_report(q, x, ql, xl, prefix_lengths=[32])
-  assert reports.full_report is metrics.full_report
 
 
 def test_metric_plots_are_valid_pngs(code_sets, tmp_path):
@@ -137,7 +142,7 @@ def test_retrieval_grid_input_errors(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# Tie order of the grid.
+# Tie order of the grid, and remote (gs://) output paths.
 
 GRID_SIZE, GRID_SCALE, GRID_BORDER = 8, 8, 4  # 8x8 images are enlarged to 64 px; border = 64 // 16
 GRID_TILE = GRID_SIZE * GRID_SCALE + 2 * GRID_BORDER
@@ -206,3 +211,30 @@ def test_write_report_grid_follows_eval_database_order(tmp_path, order):
   positions = evaluate.database_order(len(db_labels), order)
   expected = list(range(10)) if positions is None else list(positions[:10])
   assert shown == expected
+
+
+def test_plots_and_grid_write_to_gs_paths(code_sets, tmp_path):
+  # gs:// goes through epath; the mocked backend maps gs://<path> to tmp_path/<path> (TensorFlow's
+  # gfile backend, which epath prefers when TensorFlow is installed, is switched off for the test).
+  def local(path):
+    return str(tmp_path / os.fspath(path).removeprefix("gs://"))
+
+  q, x, ql, xl = code_sets
+  report = metrics.full_report(q, x, ql, xl, prefix_lengths=[8, 16], ks=(10,), top_k=(20,),
+                               **SMALL)
+  images = np.zeros((len(x), 4, 4), np.uint8)
+  with mock.patch.object(gpath, "_is_tf_installed", return_value=False), epath_testing.mock_epath(
+      open=lambda fn, path, mode: fn(local(path), mode),
+      makedirs=lambda fn, path, exist_ok: fn(local(path), exist_ok=exist_ok),
+      mkdir=lambda fn, path, exist_ok: fn(local(path), exist_ok=exist_ok),
+      exists=lambda fn, path: fn(local(path)), isdir=lambda fn, path: fn(local(path))):
+    paths = reports.write_plots(report, "gs://bucket/run/eval_3")
+    paths.append(reports.retrieval_grid(images[:len(q)], q, ql, images, x, xl,
+                                        "gs://bucket/run/eval_3/grid/retrieval_grid.png"))
+    assert epath.Path(paths[-1]).exists()
+  assert paths == [f"gs://bucket/run/eval_3/{name}" for name in
+                   ("pr_curve.png", "precision_at_k.png", "map_vs_bits.png", "grid/retrieval_grid.png")]
+  for path in paths:
+    with open(local(path), "rb") as f:
+      assert _open_png(io.BytesIO(f.read())).size > 0
+  assert not os.path.exists("gs:")  # nothing written under the working directory
