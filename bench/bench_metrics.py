@@ -2,8 +2,9 @@
 
 Synthetic single-label data: `--classes` random K-bit class centres; every query and database code is
 its class centre with each bit flipped with probability 1/4 (so mAP is far from both 0 and 1 and
-distances tie heavily). Times are wall-clock seconds of `metrics.compute_map` (packing, transfer,
-kernels and the host-side algebra), the first call (jit compilation included) reported separately
+distances tie heavily). Times are wall-clock seconds of `metrics_variants.compute_map` (statistics by
+`metrics.hamming_statistics`, then `metrics.map_from_statistics`: packing, transfer, kernels and the
+host-side algebra), the first call (jit compilation included) reported separately
 from the minimum and median of `--repeats` further calls. The reference ranks each query with
 `np.argsort(kind="stable")` on popcount distances (numpy), i.e. the stable-tie mAP@all.
 
@@ -90,7 +91,7 @@ def timed(fn, repeats: int):
 
 def run(args) -> dict:
   import jax  # after argument parsing so that --help is fast
-  from drlih_jax import metrics
+  from bench import metrics_variants
 
   options = {k: v for k, v in dict(query_batch=args.query_batch, db_block=args.db_block,
                                    stable_chunk=args.stable_chunk, stable_block=args.stable_block,
@@ -108,7 +109,7 @@ def run(args) -> dict:
              classes=args.classes, options=options)
   for ties in ("average", "stable"):
     result, first, best, median = timed(
-        lambda: metrics.compute_map(q, x, ql, xl, ties=ties, **options), args.repeats)
+        lambda: metrics_variants.compute_map(q, x, ql, xl, ties=ties, **options), args.repeats)
     out[ties] = dict(map=result.map, first_s=first, min_s=best, median_s=median,
                      compile_s=max(first - median, 0.0))
     print(f"{ties:>8}: mAP {result.map:.6f}  first call {first:.3f} s  min {best:.4f} s  "
@@ -158,10 +159,11 @@ def main(argv=None):
   parser.add_argument("--db-block", type=int, default=None)
   parser.add_argument("--stable-chunk", type=int, default=None)
   parser.add_argument("--stable-block", type=int, default=None)
-  parser.add_argument("--hist-method", choices=("scatter", "onehot"), default=None)
+  parser.add_argument("--hist-method", choices=("scatter", "onehot"), default=None,
+                      help="histogram kernel of the XLA paths (onehot: bench/metrics_variants.py)")
   parser.add_argument("--stable-method", choices=("pairwise", "sequential", "numba"), default=None,
-                      help="statistics kernel (default: numba on CPU where installed, else sequential; "
-                           "pairwise on accelerators)")
+                      help="statistics kernel (default: numba on CPU, pairwise on accelerators; "
+                           "sequential: bench/metrics_variants.py)")
   parser.add_argument("--child-output", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
 

@@ -173,8 +173,10 @@ def write_report(workdir, name: str, step: int, report: dict, config, data=None,
     plot_dir = epath.Path(workdir) / name
     plot_dir.mkdir(parents=True, exist_ok=True)
     reports.write_plots(report, str(plot_dir))
+    order = database_order(len(db_codes), config.train.get("eval_database_order", "shuffled"))
     reports.retrieval_grid(data.query.images, query_codes, data.query.labels, data.database.images,
-                           db_codes, data.database.labels, str(plot_dir / "retrieval_grid.png"))
+                           db_codes, data.database.labels, str(plot_dir / "retrieval_grid.png"),
+                           database_order=order)
   logging.info("Wrote %s: mAP@all %s", path,
                ", ".join(f"{k} bits {v:.4f}" for k, v in sorted(report["map"].items(), key=lambda kv: int(kv[0]))))
   return path

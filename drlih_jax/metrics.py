@@ -1,10 +1,14 @@
+# Over 450 lines on purpose: the metric definitions (the docstring below), the device kernels that
+# compute their sufficient statistics and the float64 algebra that turns those into numbers are one job
+# and are read together; alternative kernels and convenience wrappers live in bench/metrics_variants.py.
 """Retrieval metrics for binary hash codes: mAP, precision within a Hamming radius, P@k, PR curves.
 
 Inputs. Codes are {0,1} arrays of shape (n, K) of any integer or bool dtype (row i is the code of item
 i). Labels are either class ids, shape (n,) of non-negative integers, or multi-hot, shape (n, C) of
 {0,1}; query and database labels must have the same form. A database item is *relevant* to a query
-when the two share at least one label (for class ids: the same class). The ranking of a query is the
-database ordered by Hamming distance, 0..K.
+when the two share at least one label (for class ids: the same class): `relevance`, the one definition
+that the training triplets, the numba kernel and the retrieval grid also use. The ranking of a query is
+the database ordered by Hamming distance, 0..K.
 
 Ties. Hamming distances take only K+1 values, so ties are the rule, not the exception, and the tie rule
 moves mAP by whole points at short code lengths. Two rules are offered:
@@ -58,45 +62,48 @@ expectation over tie orders. PR curve: for each radius r = 0..K the mean over qu
 (0 for an empty ball, as above) and recall (#relevant within r / R; 0 for queries with R = 0).
 
 Implementation. Codes are bit-packed into uint32 words (32-bit words work without `jax_enable_x64`;
-K need not be a multiple of 8 or 32: the padding bits are 0 in both codes). Hamming distances are
-`jax.lax.population_count` of XORs, computed on the default JAX device in jit-compiled kernels that
-walk the database in fixed-size blocks for a batch of queries, so memory is bounded by
-(query batch x block) and never holds an n_q x n_db matrix. Two kernels:
+K need not be a multiple of 8 or 32: the padding bits are 0 in both codes). On the CPU the default is
+`metrics_numba`: one pass per query over the database in index order (histograms and stable-rank
+bookkeeping together, rank offsets applied after the walk; float64 sums), 0.06 s at
+1,000 x 59,000 x 64 bits against 0.16 s for the XLA kernels. On accelerators (and with
+``stable_method="pairwise"``) Hamming distances are `jax.lax.population_count` of XORs, computed on the
+default JAX device in jit-compiled kernels that walk the database in fixed-size blocks for a batch of
+queries, so memory is bounded by (query batch x block) and never holds an n_q x n_db matrix. Two kernels:
 
 1. Histograms: for each query the number of all and of relevant items at each distance, (n_q, K+1)
-   integers (a scatter-add; one-hot sums as an option). Everything except the stable tie rule
-   follows from these counts exactly: tie-aware AP and AP@k, precision within a radius, PR curves,
-   tie-aware P@k. That algebra runs on the host in float64.
+   integers (a scatter-add). Everything except the stable tie rule follows from these counts exactly:
+   tie-aware AP and AP@k, precision within a radius, PR curves, tie-aware P@k. That algebra runs on the
+   host in float64.
 2. Stable ranks: with the histogram known, a relevant item j at distance d has stable rank
    N(<d) + #(items at distance d with smaller index) + 1 and relevant-rank R(<d) + #(relevant items at
    distance d with smaller index) + 1. The kernel scans the database in index order in blocks of
    b items, keeps per-(query, distance) running counters of all and relevant items seen (initialised to
-   N(<d) and R(<d)), reads them with a gather, adds the within-block counts, and adds
-   (relevant-rank / rank) for relevant items into per-query sums; cut-offs top k are masks on the
-   rank. Two variants (``stable_method``): "pairwise" reads the counters once per block and adds
-   within-block counts from pairwise comparisons inside the block (b^2 / 2 per query; the default on
-   accelerators); "sequential" reads and updates the counters once per item, unrolled within the block
-   (two memory operations per item and query, no comparisons; the default on CPU, where it is ~1.5x
-   faster). On the CPU, where numba is installed, `metrics_numba` replaces both kernels with one pass per
-   query (histogram and rank bookkeeping together, rank offsets applied after the walk; float64 sums):
-   0.06 s instead of 0.16 s at 1,000 x 59,000 x 64 bits. Ranks and relevant-ranks are integers below
-   2^24, exact in float32;
-   each quotient is correctly rounded, the b quotients of a block are summed pairwise and the block
-   sums are Kahan-compensated across blocks, so the relative error of a per-query sum (all terms are
-   positive) is at most about (log2(b) + 3) * 2^-24, i.e. < 6e-7 for b <= 64, whatever the database
-   size; the division by R happens on the host in float64. Tests compare with float64 references at
-   1e-6 (observed differences ~1e-9).
+   N(<d) and R(<d)), reads them with a gather once per block, adds the within-block counts from pairwise
+   comparisons inside the block (b^2 / 2 per query), and adds (relevant-rank / rank) for relevant items
+   into per-query sums; cut-offs top k are masks on the rank. Ranks and relevant-ranks are integers
+   below 2^24, exact in float32; each quotient is correctly rounded, the b quotients of a block are
+   summed pairwise and the block sums are Kahan-compensated across blocks, so the relative error of a
+   per-query sum (all terms are positive) is at most about (log2(b) + 3) * 2^-24, i.e. < 6e-7 for
+   b <= 64, whatever the database size; the division by R happens on the host in float64. Tests compare
+   with float64 references at 1e-6 (observed differences ~1e-9).
+
+The alternatives measured against these kernels (a sequential stable kernel, one-hot histogram sums) and
+the one-call convenience wrappers (`compute_map`, `precision_at_k`, ...) live in
+`bench/metrics_variants.py`, used by the benchmarks and the tests; alternatives plug in through
+`XlaKernels`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from drlih_jax import metrics_numba
 
 TIES = ("stable", "average")
 CONVENTIONS = ("default", "deephash")
@@ -104,11 +111,30 @@ CONVENTIONS = ("default", "deephash")
 MAX_DATABASE = 2**24 - 1
 
 __all__ = [
-    "MAPResult", "HammingStatistics", "pack_bits", "hamming_statistics", "compute_map",
-    "mean_average_precision", "map_from_statistics", "precision_within_radius",
-    "radius_statistics", "precision_at_k", "precision_at_k_from_statistics",
-    "precision_recall_curve", "pr_curve_from_statistics", "full_report",
+    "MAPResult", "HammingStatistics", "XlaKernels", "relevance", "pack_bits", "hamming_statistics",
+    "map_from_statistics", "radius_statistics", "precision_at_k_from_statistics",
+    "pr_curve_from_statistics", "full_report",
 ]
+
+
+def relevance(labels_a, labels_b):
+  """Whether item i of `labels_a` and item j of `labels_b` are relevant to each other: (n_a, n_b) bool.
+
+  The one relevance rule of the package: two items are relevant when they share at least one label.
+  Works on numpy and JAX arrays (also inside jit).
+
+  Args:
+    labels_a: class ids (n_a,): relevant means the same class; or label sets (n_a, W) of an integer or
+      bool dtype, either multi-hot {0,1} rows (W = number of classes) or bit-packed multi-hot words
+      (`pack_bits`): relevant means a nonzero bitwise AND in some column.
+    labels_b: (n_b,) or (n_b, W), the same form as `labels_a`.
+
+  Returns:
+    (n_a, n_b) bool.
+  """
+  if labels_a.ndim == 1:
+    return labels_a[:, None] == labels_b[None, :]
+  return ((labels_a[:, None, :] & labels_b[None, :, :]) != 0).any(axis=-1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,16 +230,6 @@ def _distances(db_words, q_words):
   return d.astype(jnp.int32)
 
 
-def _relevance(db_labels, q_labels, multi: bool):
-  """Relevance (b, Q) bool: same class id, or at least one shared label bit."""
-  if not multi:
-    return db_labels[:, None] == q_labels[None, :]
-  shared = db_labels[:, None, 0] & q_labels[None, :, 0]
-  for w in range(1, q_labels.shape[1]):
-    shared = shared | (db_labels[:, None, w] & q_labels[None, :, w])
-  return shared != 0
-
-
 def _blocked(db_words, db_labels, block: int):
   """Database arrays reshaped to (n_blocks, block, ...)."""
   n_blocks = db_words.shape[0] // block
@@ -228,13 +244,25 @@ def _remove_padding(hist, q_words, n_pad):
   return hist.at[rows, 0, own].add(-n_pad)
 
 
-@functools.partial(jax.jit, static_argnames=("num_bits", "block", "multi", "method"))
+def _scatter_counts(hist, dist, rel, bins: int):
+  """Adds one block to the flat (Q * 2 * bins,) histogram with a scatter-add.
+
+  `dist` (Q, b) int32 and `rel` (Q, b) bool; item (q, j) counts at [q, rel, dist] of the (Q, 2, bins)
+  layout (non-relevant at [q, 0], relevant at [q, 1]).
+  """
+  num_q = dist.shape[0]
+  offset = (jnp.arange(num_q, dtype=jnp.int32) * (2 * bins))[:, None]
+  key = offset + rel.astype(jnp.int32) * bins + dist
+  return hist.at[key.reshape(-1)].add(1, mode="promise_in_bounds")
+
+
+@functools.partial(jax.jit, static_argnames=("num_bits", "block", "count_block"))
 def _histogram_kernel(q_words, q_labels, db_words, db_labels, n_pad, *, num_bits: int, block: int,
-                      multi: bool, method: str):
+                      count_block=_scatter_counts):
   """Per-query counts of all ([:, 0]) and relevant ([:, 1]) items at each distance: (Q, 2, K+1).
 
   The database may end with `n_pad` all-zero rows whose labels match no query; they are removed
-  from the counts at the end.
+  from the counts at the end. `count_block(hist, dist, rel, bins)` adds one block (`_scatter_counts`).
   """
   num_q = q_words.shape[0]
   bins = num_bits + 1
@@ -242,17 +270,8 @@ def _histogram_kernel(q_words, q_labels, db_words, db_labels, n_pad, *, num_bits
   def step(hist, xs):
     words, labels = xs
     dist = _distances(words, q_words).T  # (Q, b): queries on the leading axis for scatter locality
-    rel = _relevance(labels, q_labels, multi).T
-    if method == "scatter":
-      offset = (jnp.arange(num_q, dtype=jnp.int32) * (2 * bins))[:, None]
-      key = offset + rel.astype(jnp.int32) * bins + dist
-      hist = hist.at[key.reshape(-1)].add(1, mode="promise_in_bounds")
-    else:
-      onehot = dist[:, :, None] == jnp.arange(bins, dtype=jnp.int32)
-      all_counts = jnp.sum(onehot, axis=1, dtype=jnp.int32)
-      rel_counts = jnp.sum(onehot & rel[:, :, None], axis=1, dtype=jnp.int32)
-      hist = hist + jnp.stack([all_counts - rel_counts, rel_counts], axis=1).reshape(-1)
-    return hist, None
+    rel = relevance(labels, q_labels).T
+    return count_block(hist, dist, rel, bins), None
 
   hist0 = jnp.zeros((num_q * 2 * bins,), jnp.int32)
   hist, _ = jax.lax.scan(step, hist0, _blocked(db_words, db_labels, block))
@@ -300,7 +319,7 @@ def _top_k_sums(terms, ranks, rel, ks, s_k, c_k, count_k):
 
 
 def _walk_database(block_step, q_words, q_labels, hist, db_words, db_labels, ks, *, chunk: int, block: int,
-                   multi: bool, packed: bool, with_distances: bool):
+                   packed: bool, with_distances: bool):
   """Runs a stable kernel's `block_step` over the database in index order; returns its sums.
 
   The database is walked in chunks of `chunk` items (distances and relevance materialised), each
@@ -315,7 +334,7 @@ def _walk_database(block_step, q_words, q_labels, hist, db_words, db_labels, ks,
   def chunk_step(carry, xs):
     words, labels = xs
     dist = _distances(words, q_words)  # (chunk, Q)
-    rel = _relevance(labels, q_labels, multi)
+    rel = relevance(labels, q_labels)
     # Counter index distance * Q + query, computed once per chunk (cheaper than per block).
     index = dist * num_q + q_index[None, :]
     parts = (dist, rel, index) if with_distances else (rel, index)
@@ -332,9 +351,9 @@ def _walk_database(block_step, q_words, q_labels, hist, db_words, db_labels, ks,
   return s_all, c_all, s_k, c_k, count_k
 
 
-@functools.partial(jax.jit, static_argnames=("num_bits", "chunk", "block", "multi", "packed"))
+@functools.partial(jax.jit, static_argnames=("num_bits", "chunk", "block", "packed"))
 def _stable_kernel(q_words, q_labels, hist, db_words, db_labels, ks, *, num_bits: int, chunk: int,
-                   block: int, multi: bool, packed: bool):
+                   block: int, packed: bool):
   """Stable-tie sums per query.
 
   The database is walked in index order (`_walk_database`): chunks of `chunk` items, each scanned in
@@ -381,50 +400,26 @@ def _stable_kernel(q_words, q_labels, hist, db_words, db_labels, ks, *, num_bits
     return (table, s_all, c_all, s_k, c_k, count_k), None
 
   return _walk_database(block_step, q_words, q_labels, hist, db_words, db_labels, ks, chunk=chunk,
-                        block=block, multi=multi, packed=packed, with_distances=True)
+                        block=block, packed=packed, with_distances=True)
 
 
-@functools.partial(jax.jit, static_argnames=("num_bits", "chunk", "block", "multi", "packed"))
-def _stable_kernel_sequential(q_words, q_labels, hist, db_words, db_labels, ks, *, num_bits: int,
-                              chunk: int, block: int, multi: bool, packed: bool):
-  """Stable-tie sums per query, one database item at a time (same contract as `_stable_kernel`).
+STABLE_METHODS = ("pairwise", "numba")
 
-  Instead of resolving the items of a block by pairwise comparisons, the `block` items of a scan
-  step are applied one after the other (unrolled): item t gathers its counters (all, relevant) at
-  (distance, query) and adds itself back before item t+1 reads. Within one item the Q indices
-  distance * Q + query are distinct, so each gather / scatter has unique indices. Costs 2 memory ops
-  per (item, query) pair instead of block / 2 comparisons: on a 2-core CPU with 1,000 queries x
-  59,000 items this kernel took ~0.7x the time of the pairwise one (blocks of 32 vs 16).
+
+@dataclasses.dataclass(frozen=True)
+class XlaKernels:
+  """The device kernels of `hamming_statistics`' XLA path (``stable_method="pairwise"``).
+
+  The defaults are the package's kernels; alternatives with the same contracts (measured against them
+  in bench/metrics_variants.py) can be passed to `hamming_statistics` instead.
+
+  Attributes:
+    count_block: `(hist, dist, rel, bins) -> hist`, adds one database block to the flat histogram
+      inside the jitted scan (contract of `_scatter_counts`).
+    stable_kernel: the jitted stable-rank kernel (signature and result of `_stable_kernel`).
   """
-
-  def block_step(carry, xs):
-    table, s_all, c_all, s_k, c_k, count_k = carry
-    rel, index = xs  # (b, Q) each
-    rel_int = rel.astype(jnp.int32)
-    terms, ranks = [], []
-    for t in range(block):
-      seen = table.at[index[t]].get(mode="promise_in_bounds", unique_indices=True)
-      if packed:
-        rank, rel_rank = (seen & 0xFFFF) + 1, (seen >> 16) + 1
-      else:
-        rank, rel_rank = seen[:, 0] + 1, seen[:, 1] + 1
-      terms.append(jnp.where(rel[t], rel_rank.astype(jnp.float32) / rank.astype(jnp.float32), 0.0))
-      ranks.append(rank)
-      # min(rank, 1) == 1 makes the update read the gather, so that XLA keeps the order gather ->
-      # in-place scatter instead of copying the table.
-      ones = jnp.minimum(rank, 1)
-      update = ones + (rel_int[t] << 16) if packed else jnp.stack([ones, rel_int[t]], axis=-1)
-      table = table.at[index[t]].add(update, mode="promise_in_bounds", unique_indices=True)
-    s_all, c_all = _kahan(s_all, c_all, _pairwise_sum(terms))
-    if ks.shape[0]:
-      s_k, c_k, count_k = _top_k_sums(terms, ranks, rel, ks, s_k, c_k, count_k)
-    return (table, s_all, c_all, s_k, c_k, count_k), None
-
-  return _walk_database(block_step, q_words, q_labels, hist, db_words, db_labels, ks, chunk=chunk,
-                        block=block, multi=multi, packed=packed, with_distances=False)
-
-
-STABLE_METHODS = ("pairwise", "sequential", "numba")
+  count_block: Callable = _scatter_counts
+  stable_kernel: Callable = _stable_kernel
 
 
 # ----------------------------------------------------------------------------------------------
@@ -466,26 +461,23 @@ class HammingStatistics:
 
 
 def _default_sizes(backend: str):
-  """(query batch, histogram block, stable chunk, stable block, histogram method, stable method).
+  """(query batch, histogram block, stable chunk, stable block, stable method) on `backend`.
 
   Measured (BENCHMARKS.md): on one H200 at 10,000 x 1,000,000 x 64 bits, scatter histograms took
   0.21-0.24 s against 0.66 s for one-hot sums, and stable blocks of 32 items 0.86 s against 1.07 s
-  for 16 (64 compiled for 29 s). On the 2-core CPU (1,000 x 59,000 x 64 bits) the pairwise stable
-  kernel was fastest with blocks of 16 (vs 8 and 32); the sequential kernel with blocks of 32 took
-  ~0.7x its time (64: same speed but 3.7 s to compile against 2.1 s; 128: 2.7x slower; 8: 1.7x
-  slower). The sequential kernel is unmeasured on accelerators, which keep the pairwise one.
+  for 16 (64 compiled for 29 s). On the 2-core CPU (1,000 x 59,000 x 64 bits) the one-pass numba
+  kernel took 0.06 s against 0.16 s for the best XLA kernels (bench/bench_metrics.py).
   """
   if backend == "cpu":
-    from drlih_jax import metrics_numba  # pylint: disable=g-import-not-at-top
-    return 2048, 256, 1024, 32, "scatter", "numba" if metrics_numba.available() else "sequential"
-  return 16384, 256, 1024, 32, "scatter", "pairwise"
+    return 2048, 256, 1024, 32, "numba"
+  return 16384, 256, 1024, 32, "pairwise"
 
 
 def hamming_statistics(query_codes, db_codes, query_labels, db_labels, *, ks: Sequence[int] = (),
                        stable: bool = True, query_batch: int | None = None,
                        db_block: int | None = None, stable_chunk: int | None = None,
-                       stable_block: int | None = None, hist_method: str | None = None,
-                       stable_method: str | None = None) -> HammingStatistics:
+                       stable_block: int | None = None, stable_method: str | None = None,
+                       xla_kernels: XlaKernels | None = None) -> HammingStatistics:
   """Computes the per-query distance histograms and (optionally) the stable-tie sums.
 
   Args:
@@ -500,13 +492,14 @@ def hamming_statistics(query_codes, db_codes, query_labels, db_labels, *, ks: Se
       stable_block).
     stable_chunk: database items whose distances the stable kernel materialises at once
       (default 1024; rounded up to a multiple of db_block).
-    stable_block: database items per stable-rank step, 1..64 (default 32); with stable_method="pairwise" the step compares the items of a block pairwise
-      (block^2 / 2 comparisons per query), with "sequential" it applies them one by one (unrolled).
-    hist_method: "scatter" (default) or "onehot".
-    stable_method: "numba" (default on CPU where numba is installed: histograms and stable ranks in
-      one pass, `metrics_numba`), "sequential" (CPU default without numba) or "pairwise" (default on
-      accelerators); all compute the same statistics (see `_stable_kernel`,
-      `_stable_kernel_sequential`, `metrics_numba`). "numba" ignores the block and batch sizes.
+    stable_block: database items per stable-rank step, 1..64 (default 32); the step compares the
+      items of a block pairwise (block^2 / 2 comparisons per query).
+    stable_method: "numba" (default on CPU: histograms and stable ranks in one pass,
+      `metrics_numba`; ignores the block and batch sizes) or "pairwise" (default on accelerators and
+      when `xla_kernels` is given: the XLA kernels `_histogram_kernel` and `_stable_kernel`). Both
+      compute the same statistics.
+    xla_kernels: replaces the XLA kernels of "pairwise" (alternatives measured against them:
+      bench/metrics_variants.py); default `XlaKernels()`.
 
   Returns:
     HammingStatistics.
@@ -527,29 +520,31 @@ def hamming_statistics(query_codes, db_codes, query_labels, db_labels, *, ks: Se
   if any(k < 1 for k in ks):
     raise ValueError(f"ks must be >= 1, got {ks}")
   ks = tuple(min(k, num_db) for k in ks)
-  d_qb, d_block, d_chunk, d_sblock, d_method, d_smethod = _default_sizes(jax.default_backend())
-  query_batch = min(int(query_batch or d_qb), num_q)
-  db_block = int(db_block or d_block)
-  stable_block = int(stable_block or d_sblock)
-  stable_chunk = int(stable_chunk or d_chunk)
-  hist_method = hist_method or d_method
-  stable_method = stable_method or d_smethod
+  defaults = _default_sizes(jax.default_backend())
+  sizes = []
+  for key, value, default in zip(("query_batch", "db_block", "stable_chunk", "stable_block"),
+                                 (query_batch, db_block, stable_chunk, stable_block), defaults):
+    sizes.append(default if value is None else int(value))
+    if sizes[-1] < 1:
+      raise ValueError(f"{key} must be >= 1, got {value}")
+  query_batch, db_block, stable_chunk, stable_block = sizes
+  query_batch = min(query_batch, num_q)
+  if stable_block > 64:
+    raise ValueError(f"stable_block must be in 1..64, got {stable_block}")
+  if stable_method is None:
+    stable_method = defaults[-1] if xla_kernels is None else "pairwise"
   if stable_method not in STABLE_METHODS:
     raise ValueError(f"stable_method must be one of {STABLE_METHODS}, got {stable_method!r}")
-  if hist_method not in ("scatter", "onehot"):
-    raise ValueError(f"hist_method must be 'scatter' or 'onehot', got {hist_method!r}")
-  if not 1 <= stable_block <= 64:
-    raise ValueError(f"stable_block must be in 1..64, got {stable_block}")
-  if query_batch < 1 or db_block < 1 or stable_chunk < 1:
-    raise ValueError(f"query_batch, db_block and stable_chunk must be >= 1, got {query_batch}, "
-                     f"{db_block}, {stable_chunk}")
+  if xla_kernels is not None and stable_method != "pairwise":
+    raise ValueError(f"xla_kernels replace the kernels of stable_method='pairwise', got "
+                     f"stable_method={stable_method!r}")
+  xla_kernels = xla_kernels or XlaKernels()
   # Block sizes nest (stable_block | db_block | stable_chunk) so that padding stays below one chunk;
   # small databases shrink the blocks instead of padding a lot.
   db_block = _round_up(min(db_block, num_db), stable_block)
   stable_chunk = _round_up(min(stable_chunk, num_db), db_block)
 
   if stable_method == "numba":
-    from drlih_jax import metrics_numba  # pylint: disable=g-import-not-at-top
     hist_all, hist_rel, sums, sums_k, rel_k = metrics_numba.statistics(
         q, x, labels.query, labels.database, labels.multi, ks)
     return HammingStatistics(
@@ -578,12 +573,11 @@ def hamming_statistics(query_codes, db_codes, query_labels, db_labels, *, ks: Se
     qw = jnp.asarray(_pad_rows(q_words[start:stop], query_batch))
     ql = jnp.asarray(_pad_rows(labels.query[start:stop], query_batch))
     hist = _histogram_kernel(qw, ql, x_words, x_labels, n_pad, num_bits=num_bits, block=db_block,
-                             multi=labels.multi, method=hist_method)
+                             count_block=xla_kernels.count_block)
     out = None
     if stable:
-      kernel = _stable_kernel if stable_method == "pairwise" else _stable_kernel_sequential
-      out = kernel(qw, ql, hist, x_words, x_labels, ks_arr, num_bits=num_bits, chunk=stable_chunk,
-                   block=stable_block, multi=labels.multi, packed=padded < 2**16)
+      out = xla_kernels.stable_kernel(qw, ql, hist, x_words, x_labels, ks_arr, num_bits=num_bits,
+                                      chunk=stable_chunk, block=stable_block, packed=padded < 2**16)
     pending.append((stop - start, hist, out))
   hist_parts, sums, sums_k, rels_k = [], [], [], []
   for rows, hist, out in pending:
@@ -759,7 +753,19 @@ class MAPResult:
 
 def map_from_statistics(stats: HammingStatistics, *, top_k: int | None = None, ties: str = "stable",
                         convention: str = "default") -> MAPResult:
-  """mAP from precomputed statistics (see `compute_map` for the arguments)."""
+  """mAP@top_k with per-query AP and the count of queries without a relevant item.
+
+  Args:
+    stats: from `hamming_statistics` (with the stable sums and `top_k` among its ks for
+      ties="stable").
+    top_k: cut-off k (None: whole database; k > n_db acts as None). With convention="deephash" a
+      negative k follows Python slicing (n_db + k), as `gnd[0:topk]` does.
+    ties: "stable" (database index breaks ties) or "average" (tie-aware expectation).
+    convention: "default" or "deephash" (see the module docstring).
+
+  Returns:
+    MAPResult.
+  """
   _check_rules(ties, convention)
   k = _resolve_top_k(top_k, convention, stats.num_database)
   total_rel = stats.num_relevant
@@ -790,41 +796,6 @@ def map_from_statistics(stats: HammingStatistics, *, top_k: int | None = None, t
                    convention=convention)
 
 
-def compute_map(query_codes, db_codes, query_labels, db_labels, *, top_k: int | None = None,
-                ties: str = "stable", convention: str = "default", **kernel_options) -> MAPResult:
-  """mAP@top_k with per-query AP and the count of queries without a relevant item.
-
-  Args:
-    query_codes: (n_q, K) {0,1}, integer or bool dtype.
-    db_codes: (n_db, K) {0,1}.
-    query_labels: (n_q,) class ids or (n_q, C) multi-hot.
-    db_labels: (n_db,) class ids or (n_db, C) multi-hot.
-    top_k: cut-off k (None: whole database; k > n_db acts as None). With convention="deephash" a
-      negative k follows Python slicing (n_db + k), as `gnd[0:topk]` does.
-    ties: "stable" (database index breaks ties) or "average" (tie-aware expectation).
-    convention: "default" or "deephash" (see the module docstring).
-    **kernel_options: passed to `hamming_statistics` (query_batch, db_block, ...).
-
-  Returns:
-    MAPResult.
-  """
-  _check_rules(ties, convention)
-  num_db = np.shape(db_codes)[0]
-  k = _resolve_top_k(top_k, convention, num_db)
-  ks = (k,) if (k and ties == "stable") else ()
-  stats = hamming_statistics(query_codes, db_codes, query_labels, db_labels, ks=ks,
-                             stable=(ties == "stable"), **kernel_options)
-  return map_from_statistics(stats, top_k=top_k, ties=ties, convention=convention)
-
-
-def mean_average_precision(query_codes, db_codes, query_labels, db_labels, *,
-                           top_k: int | None = None, ties: str = "stable",
-                           convention: str = "default", **kernel_options) -> float:
-  """mAP@top_k as a float; see `compute_map` (which also returns per-query values)."""
-  return compute_map(query_codes, db_codes, query_labels, db_labels, top_k=top_k, ties=ties,
-                     convention=convention, **kernel_options).map
-
-
 def radius_statistics(stats: HammingStatistics, radius: int = 2):
   """(mean precision, per-query precision (n_q,), number of queries with an empty ball) at radius.
 
@@ -840,14 +811,6 @@ def radius_statistics(stats: HammingStatistics, radius: int = 2):
   with np.errstate(divide="ignore", invalid="ignore"):
     prec = np.where(inside > 0, rel / np.maximum(inside, 1), 0.0)
   return float(prec.mean()), prec, int(np.sum(inside == 0))
-
-
-def precision_within_radius(query_codes, db_codes, query_labels, db_labels, *, radius: int = 2,
-                            **kernel_options) -> float:
-  """Mean precision of the items within Hamming distance <= radius (empty ball: precision 0)."""
-  stats = hamming_statistics(query_codes, db_codes, query_labels, db_labels, stable=False,
-                             **kernel_options)
-  return radius_statistics(stats, radius)[0]
 
 
 def precision_at_k_from_statistics(stats: HammingStatistics, ks: Sequence[int],
@@ -870,15 +833,6 @@ def precision_at_k_from_statistics(stats: HammingStatistics, ks: Sequence[int],
   return out
 
 
-def precision_at_k(query_codes, db_codes, query_labels, db_labels, *, ks: Sequence[int] = (100,),
-                   ties: str = "stable", **kernel_options) -> np.ndarray:
-  """Mean P@k over queries for each k in ks (array aligned with ks)."""
-  _check_rules(ties, "default")
-  stats = hamming_statistics(query_codes, db_codes, query_labels, db_labels, ks=ks,
-                             stable=(ties == "stable"), **kernel_options)
-  return precision_at_k_from_statistics(stats, ks, ties).mean(axis=0)
-
-
 def pr_curve_from_statistics(stats: HammingStatistics):
   """(precision, recall), each (K+1,) float64: means over queries at Hamming radius 0..K."""
   inside = np.cumsum(stats.hist_all, axis=1)
@@ -888,13 +842,6 @@ def pr_curve_from_statistics(stats: HammingStatistics):
     prec = np.where(inside > 0, rel / np.maximum(inside, 1), 0.0)
     rec = np.where(total > 0, rel / np.maximum(total, 1), 0.0)
   return prec.mean(axis=0), rec.mean(axis=0)
-
-
-def precision_recall_curve(query_codes, db_codes, query_labels, db_labels, **kernel_options):
-  """Precision and recall at Hamming radius 0..K, each (K+1,) (see the module docstring)."""
-  stats = hamming_statistics(query_codes, db_codes, query_labels, db_labels, stable=False,
-                             **kernel_options)
-  return pr_curve_from_statistics(stats)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -907,7 +854,7 @@ def full_report(query_codes, db_codes, query_labels, db_labels, prefix_lengths: 
   """Every metric for every code prefix, JSON-serialisable (python floats/ints, string keys).
 
   Args:
-    query_codes, db_codes, query_labels, db_labels: as in `compute_map`.
+    query_codes, db_codes, query_labels, db_labels: as in `hamming_statistics`.
     prefix_lengths: code lengths L to evaluate on the first L bits (default: the full length K).
     ks: cut-offs for P@k.
     top_k: cut-offs for mAP@k.

@@ -9,7 +9,10 @@ N(<d) + position + 1 and relevant-rank R(<d) + relevant position + 1 follow exac
 summed in float64. One pass instead of the two the XLA kernels need (histograms first, then ranks),
 because the rank offsets are applied after the walk instead of before it.
 
-Imported by `metrics` only where numba is installed and the backend is the CPU.
+Relevance is `metrics.relevance` written out per pair for numba (the same rule: equal class ids, or a
+nonzero AND of packed label words); tests/test_metrics.py checks that the two agree.
+
+The default of `metrics.hamming_statistics` on the CPU (numba is a core dependency, imported lazily).
 """
 
 from __future__ import annotations
@@ -30,6 +33,16 @@ def _kernels():
     x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
     x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
     return (x * np.uint64(0x0101010101010101)) >> np.uint64(56)
+
+  @numba.njit(inline="always")
+  def relevant(q_labels, i, db_labels, j, multi):
+    """`metrics.relevance` of query i and database item j (labels as in `statistics`)."""
+    if not multi:
+      return q_labels[i, 0] == db_labels[j, 0]
+    for w in range(q_labels.shape[1]):
+      if q_labels[i, w] & db_labels[j, w]:
+        return True
+    return False
 
   @numba.njit(parallel=True)
   def statistics(q_words, db_words, q_labels, db_labels, multi, bins, ks):
@@ -54,15 +67,7 @@ def _kernels():
           d += popcount64(q_words[i, w] ^ db_words[j, w])
         position = seen_all[d]
         seen_all[d] = position + 1
-        if multi:
-          relevant = False
-          for w in range(q_labels.shape[1]):
-            if q_labels[i, w] & db_labels[j, w]:
-              relevant = True
-              break
-        else:
-          relevant = q_labels[i, 0] == db_labels[j, 0]
-        if relevant:
+        if relevant(q_labels, i, db_labels, j, multi):
           rel_dist[n] = d
           rel_pos[n] = position
           rel_relpos[n] = seen_rel[d]
@@ -93,15 +98,6 @@ def _kernels():
     return hist_all, hist_rel, sums, sums_k, rel_k
 
   return statistics
-
-
-def available() -> bool:
-  """Whether numba imports."""
-  try:
-    import numba  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    return False
-  return True
 
 
 def _words64(codes: np.ndarray) -> np.ndarray:

@@ -2,23 +2,24 @@
 
 Plots are drawn with matplotlib's Agg canvas directly (`matplotlib.figure.Figure` +
 `FigureCanvasAgg`), without pyplot, so nothing changes the process-wide backend and no display is
-needed. The grid is composed in numpy and written with Pillow.
+needed. The grid is composed in numpy and encoded with Pillow. PNGs are encoded in memory and written
+with `etils.epath`, so output paths may be local or remote (`gs://...`).
 
-`full_report` (all metrics for every code prefix, JSON-serialisable) lives in `drlih_jax.metrics`
-and is re-exported here; `write_plots` turns its output into the three metric plots.
+`write_plots` turns a `metrics.full_report` dict into the three metric plots.
 """
 
 from __future__ import annotations
 
-import os
+import io
 from typing import Mapping, Sequence
 
+from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
 from PIL import Image
 
-from drlih_jax.metrics import full_report  # noqa: F401  (re-exported)
+from drlih_jax import metrics
 
 GREEN = (40, 170, 60)
 RED = (210, 40, 40)
@@ -33,13 +34,20 @@ def new_figure(figsize=(5.5, 4.0)):
   return fig, fig.add_subplot(1, 1, 1)
 
 
+def _write_png(data: bytes, path) -> str:
+  """Writes PNG bytes to a local or remote path, creating its folder; returns the path as a string."""
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(data)
+  return str(path)
+
+
 def save_figure(fig, path: str) -> str:
   """Writes `fig` as a PNG (creating the folder, tight layout); returns `path`."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
   fig.tight_layout()
-  fig.savefig(path, format="png")
-  return path
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png")
+  return _write_png(buffer.getvalue(), path)
 
 
 def _sorted_lengths(mapping: Mapping) -> list:
@@ -140,20 +148,21 @@ def plot_map_vs_bits(series: Mapping[str, Mapping[int, float]], path: str,
 
 def write_plots(report: Mapping, out_dir: str) -> list[str]:
   """The PR-curve, P@k and mAP-versus-bits plots of a `full_report` dict; returns the paths."""
+  out_dir = epath.Path(out_dir)
   paths = []
   curves = {int(b): (c["precision"], c["recall"]) for b, c in report["pr_curve"].items()}
-  paths.append(plot_pr_curves(curves, os.path.join(out_dir, "pr_curve.png")))
+  paths.append(plot_pr_curves(curves, out_dir / "pr_curve.png"))
   p_at_k = report.get("precision_at_k", {})
   if p_at_k:
     ks = sorted(p_at_k, key=int)
     lengths = _sorted_lengths(next(iter(p_at_k.values())))
     curves = {int(b): ([int(k) for k in ks], [p_at_k[k][b] for k in ks]) for b in lengths}
-    paths.append(plot_precision_at_k(curves, os.path.join(out_dir, "precision_at_k.png")))
+    paths.append(plot_precision_at_k(curves, out_dir / "precision_at_k.png"))
   series = {"mAP@all, stable ties": report["map"],
             "mAP@all, tie-aware": report["map_average_ties"]}
   for k, values in sorted(report.get("map_at_k", {}).items(), key=lambda kv: int(kv[0])):
     series[f"mAP@{k}, stable ties"] = values
-  paths.append(plot_map_vs_bits(series, os.path.join(out_dir, "map_vs_bits.png")))
+  paths.append(plot_map_vs_bits(series, out_dir / "map_vs_bits.png"))
   return paths
 
 
@@ -174,12 +183,6 @@ def _as_rgb(images, name: str) -> np.ndarray:
   return arr[..., :3]
 
 
-def _relevant(query_label, db_labels: np.ndarray) -> np.ndarray:
-  if db_labels.ndim == 1:
-    return db_labels == query_label
-  return (db_labels.astype(bool) & np.asarray(query_label, bool)[None, :]).any(axis=1)
-
-
 def _framed(image: np.ndarray, color, scale: int, border: int) -> np.ndarray:
   if scale > 1:
     image = image.repeat(scale, axis=0).repeat(scale, axis=1)
@@ -192,11 +195,13 @@ def _framed(image: np.ndarray, color, scale: int, border: int) -> np.ndarray:
 
 def retrieval_grid(query_images, query_codes, query_labels, db_images, db_codes, db_labels,
                    path: str, num_queries: int = 8, top: int = 10,
-                   query_indices: Sequence[int] | None = None) -> str:
+                   query_indices: Sequence[int] | None = None,
+                   database_order: Sequence[int] | None = None) -> str:
   """Writes a grid: per row a query image (blue frame) and its `top` nearest database images.
 
-  Database images are ranked by Hamming distance, ties broken by database index, and framed green
-  when relevant to the query (a shared label) and red otherwise.
+  Database images are ranked by Hamming distance, ties broken in `database_order` (the order the
+  stable metrics rank the database in), and framed green when relevant to the query
+  (`metrics.relevance`: a shared label) and red otherwise.
 
   Args:
     query_images: (n_q, H, W[, C]) uint8.
@@ -209,6 +214,8 @@ def retrieval_grid(query_images, query_codes, query_labels, db_images, db_codes,
     num_queries: rows (queries spread evenly over the query set unless `query_indices` is given).
     top: retrieved images per row.
     query_indices: explicit query rows to show.
+    database_order: the database positions in ranking order, a permutation of range(n_db)
+      (`evaluate.database_order`); tied items appear in this order. None: stored order (index).
 
   Returns:
     path.
@@ -231,6 +238,14 @@ def retrieval_grid(query_images, query_codes, query_labels, db_images, db_codes,
                      f"{d_img.shape[1:]} differ in size")
   if len(q_img) == 0 or len(d_img) == 0:
     raise ValueError("retrieval_grid: needs at least one query and one database image")
+  if database_order is None:
+    database_order = np.arange(len(d_img))
+  database_order = np.asarray(database_order)
+  if not np.array_equal(np.sort(database_order), np.arange(len(d_img))):
+    raise ValueError(f"retrieval_grid: database_order must be a permutation of the {len(d_img)} "
+                     f"database positions, got shape {database_order.shape}")
+  if d_lab.ndim == 2:
+    q_lab, d_lab = q_lab != 0, d_lab != 0  # any nonzero multi-hot entry is a label
   if query_indices is None:
     count = min(num_queries, len(q_img))
     query_indices = np.unique(np.linspace(0, len(q_img) - 1, count).round().astype(int))
@@ -243,8 +258,8 @@ def retrieval_grid(query_images, query_codes, query_labels, db_images, db_codes,
   rows = []
   for qi in query_indices:
     distance = np.count_nonzero(x_bits != q_codes[qi].astype(bool)[None, :], axis=1)
-    order = np.argsort(distance, kind="stable")[:top]
-    relevant = _relevant(q_lab[qi], d_lab[order])
+    order = database_order[np.argsort(distance[database_order], kind="stable")[:top]]
+    relevant = metrics.relevance(q_lab[qi:qi + 1], d_lab[order])[0]
     tiles = [_framed(q_img[qi], QUERY_FRAME, scale, border)]
     tiles.append(np.full((tiles[0].shape[0], gap, 3), BACKGROUND, np.uint8))
     for j, rel in zip(order, relevant):
@@ -253,7 +268,6 @@ def retrieval_grid(query_images, query_codes, query_labels, db_images, db_codes,
     rows.append(np.concatenate(tiles[:-1], axis=1))
     rows.append(np.full((border, rows[-1].shape[1], 3), BACKGROUND, np.uint8))
   grid = np.concatenate(rows[:-1], axis=0)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  Image.fromarray(grid).save(path, format="PNG")
-  return path
+  buffer = io.BytesIO()
+  Image.fromarray(grid).save(buffer, format="PNG")
+  return _write_png(buffer.getvalue(), path)

@@ -11,17 +11,21 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from drlih_jax import metrics
+
 
 def relevance_masks(labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Positive and negative masks [B, B] (the diagonal is never positive)."""
+  """Positive and negative masks [B, B] (the diagonal is never positive).
+
+  Relevance is `metrics.relevance`, the rule the retrieval metrics use; a multi-hot entry > 0 is a label.
+  """
   b = labels.shape[0]
   if labels.ndim == 1:
-    same = labels[:, None] == labels[None, :]
     labelled = jnp.ones((b,), bool)
   else:
-    overlap = labels.astype(jnp.float32) @ labels.astype(jnp.float32).T
-    same = overlap > 0
-    labelled = jnp.any(labels > 0, axis=1)
+    labels = labels > 0
+    labelled = jnp.any(labels, axis=1)
+  same = metrics.relevance(labels, labels)
   both = labelled[:, None] & labelled[None, :]
   pos = same & both & ~jnp.eye(b, dtype=bool)
   neg = ~same & both

@@ -1,15 +1,20 @@
-"""Tests of drlih_jax.metrics against independent float64 references.
+"""Tests of drlih_jax.metrics (and the kernels of bench/metrics_variants.py) against independent float64
+references.
 
 References: a per-query numpy brute force (stable argsort), scikit-learn's average_precision_score,
 exhaustive enumeration of tie orders, and a transcription of DeepHash-pytorch's CalcTopMap.
+`variants` supplies the one-call wrappers (`compute_map`, ...) and the alternative kernels by name.
 """
 
 import itertools
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
+from bench import metrics_variants as variants
 from drlih_jax import metrics
 
 # Small blocks keep compilation quick and exercise padding and multi-block scans on small data.
@@ -91,6 +96,57 @@ def tied_codes(rng, n, bits, prototypes=4, flip=0.08):
 
 
 # ----------------------------------------------------------------------------------------------
+# The relevance rule.
+
+
+def test_relevance_rule_hand_worked():
+  # Class ids: the same class.
+  np.testing.assert_array_equal(metrics.relevance(np.array([0, 2]), np.array([2, 0, 0, 1])),
+                                [[0, 1, 1, 0], [1, 0, 0, 0]])
+  # Multi-hot: at least one shared label; a row without labels is relevant to nothing.
+  a = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0]], np.uint8)
+  b = np.array([[1, 1, 0], [0, 0, 1], [1, 0, 0], [0, 0, 0]], np.uint8)
+  expected = [[1, 0, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]]
+  np.testing.assert_array_equal(metrics.relevance(a, b), expected)
+  np.testing.assert_array_equal(metrics.relevance(a.astype(bool), b.astype(bool)), expected)
+  # The same rule on JAX arrays, inside jit.
+  np.testing.assert_array_equal(jax.jit(metrics.relevance)(jnp.asarray(a), jnp.asarray(b)), expected)
+
+
+def test_relevance_of_packed_words_equals_unpacked():
+  # 70 labels: three 32-bit words, shared labels in each word and in none.
+  rng = np.random.default_rng(22)
+  a = (rng.random((40, 70)) < 0.03).astype(np.uint8)
+  b = (rng.random((50, 70)) < 0.03).astype(np.uint8)
+  a[0] = 0
+  b[:3] = 0
+  b[3, 69] = a[1, 69] = 1  # a label in the last (partial) word only
+  rule = metrics.relevance(a, b)
+  np.testing.assert_array_equal(rule, _relevance(a, b))  # the independent reference
+  np.testing.assert_array_equal(metrics.relevance(metrics.pack_bits(a), metrics.pack_bits(b)), rule)
+  assert 0 < rule.sum() < rule.size
+
+
+@pytest.mark.parametrize("labels", ["single", "multi"])
+def test_numba_relevance_equals_the_rule(labels):
+  # metrics_numba writes the rule out per pair; its relevant counts per distance must be those of
+  # metrics.relevance (multi-hot: three label words, unlabelled rows included).
+  rng = np.random.default_rng(23)
+  q, x = tied_codes(rng, 15, 20), tied_codes(rng, 300, 20)
+  if labels == "single":
+    ql, xl = rng.integers(0, 4, 15), rng.integers(0, 4, 300)
+  else:
+    ql = (rng.random((15, 70)) < 0.04).astype(np.uint8)
+    xl = (rng.random((300, 70)) < 0.04).astype(np.uint8)
+    ql[0], xl[:5] = 0, 0
+  stats = metrics.hamming_statistics(q, x, ql, xl, stable=False, stable_method="numba")
+  rel, dist = metrics.relevance(ql, xl), _hamming(q, x)
+  for i in range(len(q)):
+    np.testing.assert_array_equal(stats.hist_rel[i], np.bincount(dist[i][rel[i]], minlength=21))
+  assert 0 < stats.hist_rel.sum() < len(q) * len(x)
+
+
+# ----------------------------------------------------------------------------------------------
 # Packing and histograms.
 
 
@@ -110,7 +166,7 @@ def test_histograms_match_bincount(method):
   rng = np.random.default_rng(0)
   q, x = tied_codes(rng, 11, 65), tied_codes(rng, 203, 65)
   ql, xl = rng.integers(0, 3, 11), rng.integers(0, 3, 203)
-  stats = metrics.hamming_statistics(q, x, ql, xl, stable=False, hist_method=method, **SMALL)
+  stats = variants.hamming_statistics(q, x, ql, xl, stable=False, hist_method=method, **SMALL)
   dist, rel = _hamming(q, x), _relevance(ql, xl)
   for i in range(len(q)):
     np.testing.assert_array_equal(stats.hist_all[i], np.bincount(dist[i], minlength=66))
@@ -127,7 +183,7 @@ def test_stable_map_matches_bruteforce(bits):
   q, x = tied_codes(rng, 21, bits), tied_codes(rng, 301, bits)
   ql, xl = rng.integers(0, 5, 21), rng.integers(0, 5, 301)
   for k in (None, 37):
-    result = metrics.compute_map(q, x, ql, xl, top_k=k, **SMALL)
+    result = variants.compute_map(q, x, ql, xl, top_k=k, **SMALL)
     ref_ap, _ = ref_stable(q, x, ql, xl, k)
     np.testing.assert_allclose(result.average_precision, ref_ap, rtol=0, atol=1e-6)
     assert result.map == pytest.approx(ref_ap.mean(), abs=1e-6)
@@ -140,7 +196,7 @@ def test_stable_map_multilabel_matches_bruteforce():
   xl = (rng.random((250, 38)) < 0.08).astype(np.uint8)
   ql[0] = 0  # a query without labels has no relevant item
   for k in (None, 50):
-    result = metrics.compute_map(q, x, ql, xl, top_k=k, **SMALL)
+    result = variants.compute_map(q, x, ql, xl, top_k=k, **SMALL)
     ref_ap, _ = ref_stable(q, x, ql, xl, k)
     np.testing.assert_allclose(result.average_precision, ref_ap, rtol=0, atol=1e-6)
   assert result.average_precision[0] == 0.0
@@ -154,7 +210,7 @@ def test_stable_ap_equals_sklearn_with_index_tiebreak():
   rng = np.random.default_rng(2)
   q, x = tied_codes(rng, 15, 16), tied_codes(rng, 400, 16)
   ql, xl = rng.integers(0, 4, 15), rng.integers(0, 4, 400)
-  result = metrics.compute_map(q, x, ql, xl, **SMALL)
+  result = variants.compute_map(q, x, ql, xl, **SMALL)
   dist, rel = _hamming(q, x), _relevance(ql, xl)
   checked = 0
   for i in range(len(q)):
@@ -167,8 +223,8 @@ def test_stable_ap_equals_sklearn_with_index_tiebreak():
 
 
 def test_default_kernel_sizes_and_onehot_agree_with_bruteforce():
-  # Default block sizes (a 1024-item chunk, 32-item blocks; on CPU the sequential stable kernel)
-  # with a database that needs padding.
+  # The defaults of this backend (on CPU the numba kernel; elsewhere a 1024-item chunk and 32-item
+  # pairwise blocks) with a database that needs padding.
   rng = np.random.default_rng(3)
   q, x = tied_codes(rng, 40, 32), tied_codes(rng, 2500, 32)
   ql, xl = rng.integers(0, 10, 40), rng.integers(0, 10, 2500)
@@ -178,14 +234,14 @@ def test_default_kernel_sizes_and_onehot_agree_with_bruteforce():
                              ref_ap, rtol=0, atol=1e-6)
   np.testing.assert_allclose(metrics.precision_at_k_from_statistics(stats, [100])[:, 0], ref_p,
                              rtol=0, atol=1e-12)
-  onehot = metrics.hamming_statistics(q, x, ql, xl, stable=False, hist_method="onehot")
+  onehot = variants.hamming_statistics(q, x, ql, xl, stable=False, hist_method="onehot")
   np.testing.assert_array_equal(onehot.hist_all, stats.hist_all)
   np.testing.assert_array_equal(onehot.hist_rel, stats.hist_rel)
 
 
 @pytest.mark.parametrize("method", ["pairwise", "sequential", "numba"])
 def test_stable_methods_match_bruteforce(method):
-  # Both stable kernels, explicitly (the default depends on the backend), on single-label and
+  # Every stable kernel, explicitly (the default depends on the backend), on single-label and
   # multi-label data with a cut-off, including a block size that does not divide the database.
   rng = np.random.default_rng(13)
   q, x = tied_codes(rng, 19, 40), tied_codes(rng, 277, 40)
@@ -194,7 +250,7 @@ def test_stable_methods_match_bruteforce(method):
   mx = (rng.random((277, 9)) < 0.2).astype(np.uint8)
   options = dict(SMALL, stable_block=8, stable_method=method)
   for labels_q, labels_x in ((ql, xl), (mq, mx)):
-    stats = metrics.hamming_statistics(q, x, labels_q, labels_x, ks=(1, 45, 277), **options)
+    stats = variants.hamming_statistics(q, x, labels_q, labels_x, ks=(1, 45, 277), **options)
     for k in (None, 1, 45):
       ref_ap, ref_p = ref_stable(q, x, labels_q, labels_x, k)
       got = metrics.map_from_statistics(stats, top_k=k).average_precision
@@ -204,15 +260,24 @@ def test_stable_methods_match_bruteforce(method):
         np.testing.assert_allclose(p, ref_p, rtol=0, atol=1e-12)
 
 
-def test_default_stable_method_per_backend_and_validation():
-  # Accelerator defaults are the measured GPU settings (pairwise blocks of 32), unchanged.
-  assert metrics._default_sizes("gpu") == (16384, 256, 1024, 32, "scatter", "pairwise")
-  from drlih_jax import metrics_numba  # pylint: disable=g-import-not-at-top
-  cpu_method = "numba" if metrics_numba.available() else "sequential"
-  assert metrics._default_sizes("cpu") == (2048, 256, 1024, 32, "scatter", cpu_method)
+@pytest.mark.parametrize("key,value", [("stable_method", "sort"), ("stable_method", "sequential"),
+                                       ("stable_block", 65), ("stable_block", 0), ("query_batch", 0),
+                                       ("db_block", -1), ("stable_chunk", 0)])
+def test_kernel_options_are_refused_naming_the_key(key, value):
+  # "sequential" lives in bench/metrics_variants.py, not in the package. Zero sizes are refused rather
+  # than silently replaced by the defaults.
   q, x = np.zeros((2, 8), np.uint8), np.zeros((5, 8), np.uint8)
-  with pytest.raises(ValueError, match="stable_method must be one of"):
-    metrics.hamming_statistics(q, x, np.zeros(2, int), np.zeros(5, int), stable_method="sort")
+  with pytest.raises(ValueError, match=f"^{key} must be"):
+    metrics.hamming_statistics(q, x, np.zeros(2, int), np.zeros(5, int), **{key: value})
+
+
+def test_xla_kernels_need_the_xla_path():
+  q, x = np.zeros((2, 8), np.uint8), np.zeros((5, 8), np.uint8)
+  with pytest.raises(ValueError, match="xla_kernels replace the kernels of stable_method='pairwise'"):
+    metrics.hamming_statistics(q, x, np.zeros(2, int), np.zeros(5, int), stable_method="numba",
+                               xla_kernels=metrics.XlaKernels())
+  with pytest.raises(ValueError, match="hist_method must be one of"):
+    variants.hamming_statistics(q, x, np.zeros(2, int), np.zeros(5, int), hist_method="sort")
 
 
 @pytest.mark.parametrize("method", ["pairwise", "sequential", "numba"])
@@ -222,7 +287,7 @@ def test_both_stable_methods_unpacked_counters(method):
   q, x = tied_codes(rng, 3, 6, flip=0.3), tied_codes(rng, 70_000, 6, flip=0.3)
   ql, xl = rng.integers(0, 3, 3), rng.integers(0, 3, 70_000)
   ref_ap, _ = ref_stable(q, x, ql, xl)
-  got = metrics.compute_map(q, x, ql, xl, stable_method=method).average_precision
+  got = variants.compute_map(q, x, ql, xl, stable_method=method).average_precision
   np.testing.assert_allclose(got, ref_ap, rtol=0, atol=1e-6)
 
 
@@ -233,7 +298,7 @@ def test_float32_sums_are_accurate_on_a_large_tied_database():
   ql, xl = rng.integers(0, 3, 4), rng.integers(0, 3, 120_000)
   for k in (None, 50_000):
     ref_ap, _ = ref_stable(q, x, ql, xl, k)
-    got = metrics.compute_map(q, x, ql, xl, top_k=k).average_precision
+    got = variants.compute_map(q, x, ql, xl, top_k=k).average_precision
     np.testing.assert_allclose(got, ref_ap, rtol=0, atol=1e-6)
 
 
@@ -300,12 +365,12 @@ def test_everything_tied_hand_worked():
   q = np.zeros((1, 5), np.uint8)
   x = np.zeros((4, 5), np.uint8)
   ql, xl = np.array([1]), np.array([1, 0, 1, 0])
-  stable = metrics.mean_average_precision(q, x, ql, xl, **SMALL)
+  stable = variants.mean_average_precision(q, x, ql, xl, **SMALL)
   assert stable == pytest.approx((1 / 1 + 2 / 3) / 2, abs=1e-7)
   # Tie-aware: relevant pair positions over the 6 equally likely placements.
   placements = list(itertools.combinations(range(1, 5), 2))
   expected = np.mean([(1 / a + 2 / b) / 2 for a, b in placements])
-  average = metrics.mean_average_precision(q, x, ql, xl, ties="average", **SMALL)
+  average = variants.mean_average_precision(q, x, ql, xl, ties="average", **SMALL)
   assert average == pytest.approx(expected, abs=1e-12)
   assert expected == pytest.approx(0.6805555555555556, abs=1e-12)
 
@@ -321,9 +386,9 @@ def test_deephash_convention_matches_calc_top_map(topk):
   ql, xl = rng.integers(0, 4, 12), rng.integers(0, 4, 90)
   one_hot = np.eye(4)
   expected = calc_top_map(2.0 * x - 1, 2.0 * q - 1, one_hot[xl], one_hot[ql], topk)
-  got = metrics.mean_average_precision(q, x, ql, xl, top_k=topk, convention="deephash", **SMALL)
+  got = variants.mean_average_precision(q, x, ql, xl, top_k=topk, convention="deephash", **SMALL)
   assert got == pytest.approx(expected, abs=1e-6)
-  got_multi = metrics.mean_average_precision(q, x, one_hot[ql], one_hot[xl], top_k=topk,
+  got_multi = variants.mean_average_precision(q, x, one_hot[ql], one_hot[xl], top_k=topk,
                                              convention="deephash", **SMALL)
   assert got_multi == pytest.approx(expected, abs=1e-6)
 
@@ -333,8 +398,8 @@ def test_deephash_topk_minus_one_drops_the_last_item():
   q = np.zeros((1, 4), np.uint8)
   x = np.array([[0, 0, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]], np.uint8)
   ql, xl = np.array([0]), np.array([1, 1, 0])
-  assert metrics.mean_average_precision(q, x, ql, xl, top_k=-1, convention="deephash") == 0.0
-  assert metrics.mean_average_precision(q, x, ql, xl, convention="deephash") == pytest.approx(1 / 3)
+  assert variants.mean_average_precision(q, x, ql, xl, top_k=-1, convention="deephash") == 0.0
+  assert variants.mean_average_precision(q, x, ql, xl, convention="deephash") == pytest.approx(1 / 3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,12 +412,12 @@ def test_no_relevant_item_counts_zero_and_is_reported():
   ql = np.array([0, 1, 9, 2, 9, 0])  # class 9 is absent from the database
   xl = rng.integers(0, 3, 50)
   for ties in ("stable", "average"):
-    result = metrics.compute_map(q, x, ql, xl, ties=ties, **SMALL)
+    result = variants.compute_map(q, x, ql, xl, ties=ties, **SMALL)
     assert result.num_queries_without_relevant == 2
     assert result.average_precision[2] == 0.0 and result.average_precision[4] == 0.0
     assert result.map == pytest.approx(result.average_precision.sum() / 6)
   ref_ap, _ = ref_stable(q, x, ql, xl)
-  np.testing.assert_allclose(metrics.compute_map(q, x, ql, xl, **SMALL).average_precision, ref_ap,
+  np.testing.assert_allclose(variants.compute_map(q, x, ql, xl, **SMALL).average_precision, ref_ap,
                              atol=1e-6)
 
 
@@ -361,9 +426,9 @@ def test_top_k_larger_than_database_equals_map_all():
   q, x = tied_codes(rng, 9, 20), tied_codes(rng, 40, 20)
   ql, xl = rng.integers(0, 3, 9), rng.integers(0, 3, 40)
   for ties in ("stable", "average"):
-    full = metrics.mean_average_precision(q, x, ql, xl, ties=ties, **SMALL)
-    big = metrics.mean_average_precision(q, x, ql, xl, top_k=1000, ties=ties, **SMALL)
-    exact = metrics.mean_average_precision(q, x, ql, xl, top_k=40, ties=ties, **SMALL)
+    full = variants.mean_average_precision(q, x, ql, xl, ties=ties, **SMALL)
+    big = variants.mean_average_precision(q, x, ql, xl, top_k=1000, ties=ties, **SMALL)
+    exact = variants.mean_average_precision(q, x, ql, xl, top_k=40, ties=ties, **SMALL)
     assert big == full and exact == full
     if ties == "stable":
       assert full == pytest.approx(ref_stable(q, x, ql, xl)[0].mean(), abs=1e-6)
@@ -375,28 +440,28 @@ def test_single_query_and_single_bit():
   ql, xl = np.array([3]), np.array([3, 0, 3, 3, 0])
   # Stable ranking: items 1, 2, 4 (distance 0) then 0, 3; relevant at ranks 2, 4, 5.
   expected = (1 / 2 + 2 / 4 + 3 / 5) / 3
-  assert metrics.mean_average_precision(q, x, ql, xl) == pytest.approx(expected, abs=1e-7)
+  assert variants.mean_average_precision(q, x, ql, xl) == pytest.approx(expected, abs=1e-7)
 
 
 def test_input_validation():
   q, x = np.zeros((2, 8), np.uint8), np.zeros((5, 8), np.uint8)
   ql, xl = np.zeros(2, int), np.zeros(5, int)
   with pytest.raises(ValueError, match="query_codes: codes must be"):
-    metrics.mean_average_precision(q + 2, x, ql, xl)
+    variants.mean_average_precision(q + 2, x, ql, xl)
   with pytest.raises(ValueError, match="integer or bool dtype"):
-    metrics.mean_average_precision(q.astype(np.float32), x, ql, xl)
+    variants.mean_average_precision(q.astype(np.float32), x, ql, xl)
   with pytest.raises(ValueError, match="bits"):
-    metrics.mean_average_precision(q[:, :7], x, ql, xl)
+    variants.mean_average_precision(q[:, :7], x, ql, xl)
   with pytest.raises(ValueError, match="db_labels has 4 rows"):
-    metrics.mean_average_precision(q, x, ql, xl[:4])
+    variants.mean_average_precision(q, x, ql, xl[:4])
   with pytest.raises(ValueError, match="both be class ids"):
-    metrics.mean_average_precision(q, x, ql, np.zeros((5, 3), int))
+    variants.mean_average_precision(q, x, ql, np.zeros((5, 3), int))
   with pytest.raises(ValueError, match="ties must be"):
-    metrics.mean_average_precision(q, x, ql, xl, ties="random")
+    variants.mean_average_precision(q, x, ql, xl, ties="random")
   with pytest.raises(ValueError, match="use ties='stable'"):
-    metrics.mean_average_precision(q, x, ql, xl, ties="average", convention="deephash")
+    variants.mean_average_precision(q, x, ql, xl, ties="average", convention="deephash")
   with pytest.raises(ValueError, match="top_k must be >= 1"):
-    metrics.mean_average_precision(q, x, ql, xl, top_k=0)
+    variants.mean_average_precision(q, x, ql, xl, top_k=0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -418,7 +483,7 @@ def test_precision_within_radius_matches_bruteforce():
     assert empty == int(np.sum(inside.sum(1) == 0))
     assert mean == pytest.approx(per_query.mean(), abs=1e-12)
   assert metrics.radius_statistics(stats, 0)[2] > 0  # some empty balls were exercised
-  assert metrics.precision_within_radius(q, x, ql, xl, **SMALL) == pytest.approx(
+  assert variants.precision_within_radius(q, x, ql, xl, **SMALL) == pytest.approx(
       metrics.radius_statistics(stats, 2)[0], abs=1e-12)
 
 
@@ -427,7 +492,7 @@ def test_precision_at_k_matches_bruteforce():
   q, x = tied_codes(rng, 13, 16), tied_codes(rng, 150, 16)
   ql, xl = rng.integers(0, 3, 13), rng.integers(0, 3, 150)
   ks = [1, 10, 77, 150, 400]
-  got = metrics.precision_at_k(q, x, ql, xl, ks=ks, **SMALL)
+  got = variants.precision_at_k(q, x, ql, xl, ks=ks, **SMALL)
   expected = [ref_stable(q, x, ql, xl, k)[1].mean() for k in ks]
   np.testing.assert_allclose(got, expected, atol=1e-12)
 
@@ -438,7 +503,7 @@ def test_precision_recall_curve_matches_bruteforce():
   ql, xl = rng.integers(0, 3, 14), rng.integers(0, 3, 90)
   ql[0] = 7  # no relevant item: recall counts 0
   dist, rel = _hamming(q, x), _relevance(ql, xl)
-  precision, recall = metrics.precision_recall_curve(q, x, ql, xl, **SMALL)
+  precision, recall = variants.precision_recall_curve(q, x, ql, xl, **SMALL)
   assert precision.shape == recall.shape == (13,)
   for r in range(13):
     inside = dist <= r
@@ -452,14 +517,13 @@ def test_precision_recall_curve_matches_bruteforce():
 
 def test_numba_statistics_equal_xla_kernels():
   """The one-pass numba kernel gives the XLA kernels' histograms exactly and their sums to 1e-6."""
-  pytest.importorskip("numba", reason="numba is not installed")
   rng = np.random.default_rng(21)
   for bits in (12, 65):  # one word and a partial second 64-bit word
     q, x = tied_codes(rng, 23, bits), tied_codes(rng, 501, bits)
     for ql, xl in ((rng.integers(0, 5, 23), rng.integers(0, 5, 501)),
                    ((rng.random((23, 7)) < 0.3).astype(np.uint8), (rng.random((501, 7)) < 0.3).astype(np.uint8))):
       fast = metrics.hamming_statistics(q, x, ql, xl, ks=(1, 50, 501), stable_method="numba")
-      xla = metrics.hamming_statistics(q, x, ql, xl, ks=(1, 50, 501), stable_method="sequential")
+      xla = variants.hamming_statistics(q, x, ql, xl, ks=(1, 50, 501), stable_method="sequential")
       np.testing.assert_array_equal(fast.hist_all, xla.hist_all)
       np.testing.assert_array_equal(fast.hist_rel, xla.hist_rel)
       np.testing.assert_array_equal(fast.stable_rel_at_k, xla.stable_rel_at_k)

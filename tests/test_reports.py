@@ -1,11 +1,21 @@
 """Tests of drlih_jax.reports (PNG plots, retrieval grid) and metrics.full_report."""
 
+import io
 import json
+import os
+import types
+from unittest import mock
 
+from etils import epath
+from etils.epath import gpath
+from etils.epath import testing as epath_testing
+import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
 
+from bench import metrics_variants as variants
+from drlih_jax import evaluate
 from drlih_jax import metrics
 from drlih_jax import reports
 
@@ -46,17 +56,17 @@ def test_full_report_layout_and_values(code_sets):
     key = str(bits)
     qb, xb = q[:, :bits], x[:, :bits]
     assert report["map"][key] == pytest.approx(
-        metrics.mean_average_precision(qb, xb, ql, xl, **SMALL), abs=1e-7)
+        variants.mean_average_precision(qb, xb, ql, xl, **SMALL), abs=1e-7)
     assert report["map_average_ties"][key] == pytest.approx(
-        metrics.mean_average_precision(qb, xb, ql, xl, ties="average", **SMALL), abs=1e-12)
+        variants.mean_average_precision(qb, xb, ql, xl, ties="average", **SMALL), abs=1e-12)
     assert report["map_at_k"]["20"][key] == pytest.approx(
-        metrics.mean_average_precision(qb, xb, ql, xl, top_k=20, **SMALL), abs=1e-7)
+        variants.mean_average_precision(qb, xb, ql, xl, top_k=20, **SMALL), abs=1e-7)
     assert report["map_at_k_average_ties"]["20"][key] == pytest.approx(
-        metrics.mean_average_precision(qb, xb, ql, xl, top_k=20, ties="average", **SMALL),
+        variants.mean_average_precision(qb, xb, ql, xl, top_k=20, ties="average", **SMALL),
         abs=1e-12)
     assert report["precision_radius2"][key] == pytest.approx(
-        metrics.precision_within_radius(qb, xb, ql, xl, **SMALL), abs=1e-12)
-    p_at_k = metrics.precision_at_k(qb, xb, ql, xl, ks=[10, 50], **SMALL)
+        variants.precision_within_radius(qb, xb, ql, xl, **SMALL), abs=1e-12)
+    p_at_k = variants.precision_at_k(qb, xb, ql, xl, ks=[10, 50], **SMALL)
     assert [report["precision_at_k"][k][key] for k in ("10", "50")] == pytest.approx(p_at_k)
     curve = report["pr_curve"][key]
     assert len(curve["precision"]) == len(curve["recall"]) == bits + 1
@@ -70,7 +80,6 @@ def test_full_report_rejects_bad_prefix(code_sets):
   q, x, ql, xl = code_sets
   with pytest.raises(ValueError, match="prefix_lengths"):
     metrics.full_report(q, x, ql, xl, prefix_lengths=[32])
-  assert reports.full_report is metrics.full_report
 
 
 def test_metric_plots_are_valid_pngs(code_sets, tmp_path):
@@ -130,3 +139,102 @@ def test_retrieval_grid_input_errors(tmp_path):
   with pytest.raises(ValueError, match="db_labels has 2 rows"):
     reports.retrieval_grid(images, codes, labels, images, codes, labels[:2],
                            str(tmp_path / "g.png"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Tie order of the grid, and remote (gs://) output paths.
+
+GRID_SIZE, GRID_SCALE, GRID_BORDER = 8, 8, 4  # 8x8 images are enlarged to 64 px; border = 64 // 16
+GRID_TILE = GRID_SIZE * GRID_SCALE + 2 * GRID_BORDER
+
+
+def _class_sorted_database(n_db=40, classes=4):
+  """Database image i has red level i; stored class by class; every code equal (all tied)."""
+  images = np.zeros((n_db, GRID_SIZE, GRID_SIZE, 3), np.uint8)
+  images[..., 0] = np.arange(n_db)[:, None, None]
+  labels = np.repeat(np.arange(classes), n_db // classes)
+  return images, np.zeros((n_db, 4), np.uint8), labels
+
+
+def _grid_row(pixels, top, row=0):
+  """(database indices, relevant flags) of the `top` tiles of one grid row."""
+  y = row * (GRID_TILE + GRID_BORDER)
+  indices, relevant = [], []
+  for j in range(top):
+    x = GRID_TILE + 2 * GRID_BORDER + j * (GRID_TILE + GRID_BORDER)
+    frame = tuple(pixels[y, x])
+    assert frame in (reports.GREEN, reports.RED)
+    relevant.append(frame == reports.GREEN)
+    indices.append(int(pixels[y + GRID_TILE // 2, x + GRID_TILE // 2][0]))
+  return indices, relevant
+
+
+def test_retrieval_grid_breaks_ties_in_the_database_order(tmp_path):
+  db_images, db_codes, db_labels = _class_sorted_database()
+  n_db = len(db_labels)
+  q_images, q_codes, q_labels = db_images[:1], db_codes[:1], np.array([0])
+  order = evaluate.database_order(n_db, "shuffled")
+  path = reports.retrieval_grid(q_images, q_codes, q_labels, db_images, db_codes, db_labels,
+                                str(tmp_path / "shuffled.png"), top=n_db, database_order=order)
+  shown, relevant = _grid_row(_open_png(path), n_db)
+  np.testing.assert_array_equal(shown, order)  # all tied: exactly the shuffled order
+  assert len(set(db_labels[shown[:10]])) > 1  # not the first class only
+  np.testing.assert_array_equal(relevant, db_labels[order] == 0)
+  # The stable mAP of the same order is the AP of the row as shown.
+  hits = np.flatnonzero(relevant) + 1.0
+  row_ap = np.mean(np.arange(1, len(hits) + 1) / hits)
+  report = evaluate.report_for_codes(q_codes, db_codes, q_labels, db_labels, [4], "shuffled")
+  assert report["map"]["4"] == pytest.approx(row_ap, abs=1e-6)
+  # Stored order (None, as evaluate.database_order returns for "stored"): the first class only.
+  path = reports.retrieval_grid(q_images, q_codes, q_labels, db_images, db_codes, db_labels,
+                                str(tmp_path / "stored.png"), top=10,
+                                database_order=evaluate.database_order(n_db, "stored"))
+  shown, relevant = _grid_row(_open_png(path), 10)
+  assert shown == list(range(10)) and all(relevant)
+  with pytest.raises(ValueError, match="permutation of the 40 database positions"):
+    reports.retrieval_grid(q_images, q_codes, q_labels, db_images, db_codes, db_labels,
+                           str(tmp_path / "bad.png"), database_order=np.zeros(n_db, int))
+
+
+@pytest.mark.parametrize("order", ["shuffled", "stored"])
+def test_write_report_grid_follows_eval_database_order(tmp_path, order):
+  db_images, db_codes, db_labels = _class_sorted_database()
+  split = lambda images, labels: types.SimpleNamespace(images=images, labels=labels)
+  data = types.SimpleNamespace(query=split(db_images[:1], db_labels[:1]),
+                               database=split(db_images, db_labels))
+  config = ml_collections.ConfigDict(dict(objective="drlih", hash=dict(bits=4),
+                                          dataset=dict(name="toy"),
+                                          train=dict(eval_database_order=order)))
+  report = evaluate.report_for_codes(db_codes[:1], db_codes, db_labels[:1], db_labels, [4], order)
+  evaluate.write_report(str(tmp_path), "eval_3", 3, report, config, data, db_codes[:1], db_codes)
+  shown, _ = _grid_row(_open_png(tmp_path / "eval_3" / "retrieval_grid.png"), 10)
+  positions = evaluate.database_order(len(db_labels), order)
+  expected = list(range(10)) if positions is None else list(positions[:10])
+  assert shown == expected
+
+
+def test_plots_and_grid_write_to_gs_paths(code_sets, tmp_path):
+  # gs:// goes through epath; the mocked backend maps gs://<path> to tmp_path/<path> (TensorFlow's
+  # gfile backend, which epath prefers when TensorFlow is installed, is switched off for the test).
+  def local(path):
+    return str(tmp_path / os.fspath(path).removeprefix("gs://"))
+
+  q, x, ql, xl = code_sets
+  report = metrics.full_report(q, x, ql, xl, prefix_lengths=[8, 16], ks=(10,), top_k=(20,),
+                               **SMALL)
+  images = np.zeros((len(x), 4, 4), np.uint8)
+  with mock.patch.object(gpath, "_is_tf_installed", return_value=False), epath_testing.mock_epath(
+      open=lambda fn, path, mode: fn(local(path), mode),
+      makedirs=lambda fn, path, exist_ok: fn(local(path), exist_ok=exist_ok),
+      mkdir=lambda fn, path, exist_ok: fn(local(path), exist_ok=exist_ok),
+      exists=lambda fn, path: fn(local(path)), isdir=lambda fn, path: fn(local(path))):
+    paths = reports.write_plots(report, "gs://bucket/run/eval_3")
+    paths.append(reports.retrieval_grid(images[:len(q)], q, ql, images, x, xl,
+                                        "gs://bucket/run/eval_3/grid/retrieval_grid.png"))
+    assert epath.Path(paths[-1]).exists()
+  assert paths == [f"gs://bucket/run/eval_3/{name}" for name in
+                   ("pr_curve.png", "precision_at_k.png", "map_vs_bits.png", "grid/retrieval_grid.png")]
+  for path in paths:
+    with open(local(path), "rb") as f:
+      assert _open_png(io.BytesIO(f.read())).size > 0
+  assert not os.path.exists("gs:")  # nothing written under the working directory
