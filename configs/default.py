@@ -91,4 +91,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.eval_batch_size = 1024
   config.train.eval_database_order = "shuffled"  # ties of the stable metrics: "shuffled" | "stored"
   config.train.max_nonfinite_in_a_row = 10
+  # Ending earlier than train.steps (see drlih_jax/train.py): a time budget over every session of the run,
+  # and a stopping rule read at each evaluation (needs eval_every): stop when the tie-aware mAP@all of the
+  # full code gained less than stop_min_gain over the last stop_window of the run's steps.
+  config.train.max_minutes = 0.0          # 0: no time budget
+  config.train.stop_min_gain = 0.0        # 0: no stopping rule
+  config.train.stop_window = 0.2          # the last fifth
   return config

@@ -177,7 +177,15 @@ class Checkpoints:
   def _move_aside(self, step: int) -> None:
     source = self.directory / str(step)
     target = self.directory / f"{step}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-    source.rename(target)
+    if "://" in str(source):  # Object stores have no directories to rename: copy the objects, then delete.
+      for item in source.rglob("*"):
+        if item.is_file():
+          destination = target / item.relative_to(source)
+          destination.parent.mkdir(parents=True, exist_ok=True)
+          destination.write_bytes(item.read_bytes())
+      source.rmtree()
+    else:
+      source.rename(target)
     logging.warning("Moved the unreadable checkpoint %s aside to %s; step %d will be saved again", source,
                     target, step)
 

@@ -9,6 +9,7 @@ falling back to the plain string). An unknown key is a `ConfigError` naming the 
 from __future__ import annotations
 
 import ast
+import copy
 import difflib
 import importlib.util
 import sys
@@ -174,12 +175,15 @@ def parse_value(key: str, text: str, current: Any) -> Any:
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, str]) -> ml_collections.ConfigDict:
   """A copy of `config` with `overrides` ({dotted key: text}) parsed and applied.
 
+  Field references survive (a config whose `train.eval_every` follows `train.steps` keeps following it).
+
   Raises:
     ConfigError: an unknown key (naming the nearest valid one) or a value of the wrong type.
   """
   check_keys(overrides, config)
   current = flatten(config)
-  updated = ml_collections.ConfigDict(config.to_dict())
+  updated = copy.deepcopy(config)  # keeps field references (e.g. eval_every following train.steps)
+  updated.unlock()
   values = {}
   for key, text in overrides.items():
     old = current[key]

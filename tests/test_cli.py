@@ -1,0 +1,101 @@
+"""The command line as a user meets it: every mistake is one line on stderr, status 1 or 2, nothing written."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+from drlih_jax import configuration
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIGITS = os.path.join(REPO, "configs", "digits.py")
+_LOG_LINE = re.compile(r"^[IW]\d{4} \d\d:\d\d:\d\d")  # absl INFO/WARNING lines (progress, not errors)
+
+# Runs main as `python -m drlih_jax.main` does, with some modules made unimportable first.
+_BLOCKED_MAIN = """
+import sys
+for name in sys.argv[1].split(","):
+  sys.modules[name] = None
+sys.argv = ["drlih_jax.main"] + sys.argv[2:]
+from absl import app
+from drlih_jax import main
+app.run(main.main, flags_parser=main.parse_flags)
+"""
+
+
+def _recorded_run(workdir, **overrides) -> None:
+  """A workdir holding config.json (and optionally a splits.json) as a digits run would write it."""
+  os.makedirs(workdir)
+  config = configuration.load_file(DIGITS)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(configuration.flatten(config), f)
+  if overrides.get("splits"):
+    with open(os.path.join(workdir, "splits.json"), "w") as f:
+      json.dump({"protocol": "digits", "seed": 0, "source": "digits",
+                 "ids": {"train": [0, 1], "query": [2], "database": [0, 1]}}, f)
+
+
+def test_bad_command_lines_fail_in_one_line(tmp_path):
+  new = str(tmp_path / "new")  # must never be created
+  recorded = str(tmp_path / "recorded")
+  _recorded_run(recorded, splits=True)
+  weights = tmp_path / "vgg.safetensors"
+  weights.write_bytes(b"not read: the missing package is reported first")
+  cases = {
+      "unknown key": ([f"--config={DIGITS}", f"--workdir={new}", "--config.hash.bitz=3"], 1,
+                      "error: unknown config key 'hash.bitz'; did you mean 'hash.bits'?"),
+      "unknown top-level key": ([f"--config={DIGITS}", f"--workdir={new}", "--config.objectiv=triplet"], 1,
+                                "did you mean 'objective'?"),
+      "bad mode": ([f"--config={DIGITS}", f"--workdir={new}", "--mode=nonsense"], 2,
+                   "error: flag --mode=nonsense: value should be one of <train|eval|encode>"),
+      "bad split": ([f"--workdir={recorded}", "--mode=encode", "--split=nonsense"], 2,
+                    "error: flag --split=nonsense: value should be one of <query|database|train>"),
+      "no config to train": ([f"--workdir={new}"], 2, "error: --config is required to train"),
+      "no workdir": ([f"--config={DIGITS}"], 2, "error: --workdir is required"),
+      "stray argument": ([f"--config={DIGITS}", f"--workdir={new}", "extra"], 2, "error: unexpected arguments"),
+      "bad value type": ([f"--config={DIGITS}", f"--workdir={new}", "--config.train.steps=many"], 1,
+                         "error: --config.train.steps=many: expected an integer"),
+      "bad enum value": ([f"--config={DIGITS}", f"--workdir={new}", "--config.model.cell=transformer"], 1,
+                         "error: model.cell must be one of"),
+      "bad eval_bits": ([f"--config={DIGITS}", f"--workdir={new}", "--config.hash.eval_bits=(12,40)"], 1,
+                        "error: hash.eval_bits [40] must lie in 1..hash.bits=32"),
+      "missing config file": ([f"--config={tmp_path}/nope.py", f"--workdir={new}"], 1,
+                              "error: --config="),
+      "partial coordinator flags": ([f"--config={DIGITS}", f"--workdir={new}", "--num_processes=2"], 2,
+                                    "error: "),
+      "refused resume key": ([f"--config={DIGITS}", f"--workdir={recorded}", "--config.hash.bits=16"], 1,
+                             "hash.bits: recorded 32, now 16"),
+      "split mismatch": ([f"--config={DIGITS}", f"--workdir={recorded}", "--config.dataset.loader=pillow"], 1,
+                         "splits.json: the recomputed 'train' split differs from the recorded one"),
+      "eval override": ([f"--workdir={recorded}", "--mode=eval", "--config.model.hidden=8"], 1,
+                        "error: --config.model.hidden cannot change when evaluating a recorded run"),
+      "eval without checkpoint": ([f"--workdir={recorded}", "--mode=eval"], 1, "error: no checkpoint found in"),
+  }
+  blocked = {
+      "pretrained without safetensors": ("safetensors,safetensors.numpy", [
+          f"--config={DIGITS}", f"--workdir={new}", "--config.model.backbone=vgg19_bn",
+          f"--config.model.pretrained={weights}"], 1, "pip install 'drlih_jax[weights]'"),
+      "streaming without tensorflow": ("tensorflow", [
+          f"--config={DIGITS}", f"--workdir={new}", "--config.input.mode=streaming"], 1,
+          "pip install tensorflow-cpu"),
+  }
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  procs = {name: subprocess.Popen([sys.executable, "-m", "drlih_jax.main", *args], cwd=tmp_path, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for name, (args, _, _) in cases.items()}
+  procs.update({name: subprocess.Popen([sys.executable, "-c", _BLOCKED_MAIN, modules, *args], cwd=tmp_path,
+                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for name, (modules, args, _, _) in blocked.items()})
+  expected = {name: (status, text) for name, (_, status, text) in cases.items()}
+  expected.update({name: (status, text) for name, (_, _, status, text) in blocked.items()})
+  problems = []
+  for name, proc in procs.items():
+    _, err = proc.communicate(timeout=600)
+    status, text = expected[name]
+    lines = [line for line in err.splitlines() if line.strip() and not _LOG_LINE.match(line)]
+    if proc.returncode != status or len(lines) != 1 or not lines[0].startswith("error: ") or text not in lines[0]:
+      problems.append(f"{name}: status {proc.returncode} (want {status}), stderr {err[-1500:]!r}")
+  assert not problems, "\n".join(problems)
+  assert not os.path.exists(new)
+  assert sorted(os.listdir(recorded)) == ["config.json", "splits.json"]
