@@ -243,7 +243,9 @@ def initialize(mode: str = "auto", coordinator_address: str | None = None,
   if host is None:
     host = probe_host(environ)
   decision = decide(mode, coordinator_address, num_processes, process_id, environ, host)
-  logging.info("jax.distributed: %s", decision.reason)
+  # Only a decision to initialise is news; the single-machine case stays out of the log (and of the
+  # one-line errors the command line prints).
+  (logging.info if decision.initialize else logging.debug)("jax.distributed: %s", decision.reason)
   if decision.initialize:
     if initialize_fn is None:
       import jax  # pylint: disable=g-import-not-at-top

@@ -78,6 +78,8 @@ def encode_images(encode_fn, images: np.ndarray, batch_size: int, sharding=None)
 
 def database_order(num_database: int, order: str = "shuffled") -> np.ndarray | None:
   """The database positions in ranking order: a fixed permutation ("shuffled") or None ("stored")."""
+  if order not in DATABASE_ORDERS:
+    raise ValueError(f"train.eval_database_order must be one of {DATABASE_ORDERS}, got {order!r}")
   if order == "stored":
     return None
   return np.random.default_rng(DATABASE_ORDER_SEED).permutation(num_database)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from configs import default as default_config
-from drlih_jax import config_validation
+from drlih_jax import validation
 from drlih_jax import evaluate
 
 
@@ -82,7 +82,7 @@ def test_config_chooses_the_order_and_bad_values_name_the_key():
   assert evaluate.evaluate_codes(codes_q, codes_x, q_labels, x_labels, config)["database_order"] == "stored"
   config.train.eval_database_order = "sorted"
   with pytest.raises(ValueError, match="train.eval_database_order"):
-    config_validation.validate(config)
+    validation.validate(config)
   with pytest.raises(ValueError, match="train.eval_database_order"):
     evaluate.database_order(10, "sorted")
 
