@@ -85,11 +85,11 @@ def bench_tfdata(root: str, workdir: str, batch_size: int, seconds: float):
   prepare = time.perf_counter() - start
   rows = [("tfds prepare (first run only) + read encoded table", len(table[2]) / prepare,
            f"{len(table[2])} training images in {prepare:.1f} s")]
+  batch_size = 10 * (batch_size // 10)  # Class-balanced: 10 classes x batch_size // 10 images.
   for augment in ("none", "pad_crop_flip"):
     config = ml_collections.ConfigDict(dict(dataset=dataset, seed=0, input=dict(
         classes_per_batch=10, images_per_class=batch_size // 10, crop_padding=4, resize=0, crop=0,
         augment="crop_flip" if augment == "pad_crop_flip" else "")))
-    batch_size = 10 * (batch_size // 10)
     iterator = streaming.make_train_iterator(config, 0, 1, 0, table=table)
     rate, calls = _timed(lambda it=iterator: next(it), seconds)
     rows.append((f"tf.data streaming, augment={augment}", rate * batch_size,
