@@ -58,13 +58,13 @@ def _extract(tar: str, workdir: str) -> str:
 
 
 def bench_pillow(root: str, threads: list[int]):
-  from drlih_jax.data import folder_builder  # pylint: disable=import-outside-toplevel
-  tree = folder_builder.list_tree(root)
+  from drlih_jax.data import folder_tree  # pylint: disable=import-outside-toplevel
+  tree = folder_tree.list_tree(root)
   n = sum(len(v[0]) for v in tree.splits.values())
   rows, splits = [], None
   for workers in threads:
     start = time.perf_counter()
-    splits = folder_builder.load_tree_pillow(tree, image_size=None, on_bad_image="error", num_workers=workers)
+    splits = folder_tree.load_tree_pillow(tree, image_size=None, on_bad_image="error", num_workers=workers)
     elapsed = time.perf_counter() - start
     rows.append((f"Pillow decode, {workers} thread(s)", n / elapsed, f"{n} images in {elapsed:.2f} s"))
   return rows, splits
@@ -85,9 +85,12 @@ def bench_tfdata(root: str, workdir: str, batch_size: int, seconds: float):
   prepare = time.perf_counter() - start
   rows = [("tfds prepare (first run only) + read encoded table", len(table[2]) / prepare,
            f"{len(table[2])} training images in {prepare:.1f} s")]
+  batch_size = 10 * (batch_size // 10)  # Class-balanced: 10 classes x batch_size // 10 images.
   for augment in ("none", "pad_crop_flip"):
-    config = ml_collections.ConfigDict(dict(dataset=dataset, batch_size=batch_size, seed=0, augment=augment))
-    iterator = streaming.make_train_iterator(config, table=table)
+    config = ml_collections.ConfigDict(dict(dataset=dataset, seed=0, input=dict(
+        classes_per_batch=10, images_per_class=batch_size // 10, crop_padding=4, resize=0, crop=0,
+        augment="crop_flip" if augment == "pad_crop_flip" else "")))
+    iterator = streaming.make_train_iterator(config, 0, 1, 0, table=table)
     rate, calls = _timed(lambda it=iterator: next(it), seconds)
     rows.append((f"tf.data streaming, augment={augment}", rate * batch_size,
                  f"{rate:.1f} batches/s of {batch_size} ({calls} batches)"))

@@ -11,13 +11,13 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from drlih_jax.data import folder_builder
+from drlih_jax.data import folder_tree
 from drlih_jax.data import image_io
 from drlih_jax.data import protocols
-from tests.test_data_support import CIFAR_CLASSES
-from tests.test_data_support import REPO_ROOT
-from tests.test_data_support import cifar_subset
-from tests.test_data_support import cifar_tree
+from tests.helpers.data import CIFAR_CLASSES
+from tests.helpers.data import REPO_ROOT
+from tests.helpers.data import cifar_subset
+from tests.helpers.data import cifar_tree
 
 
 def _config(**kwargs):
@@ -34,7 +34,7 @@ def cifar_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cifar_index(cifar_root):
-  tree = folder_builder.list_tree(cifar_root)
+  tree = folder_tree.list_tree(cifar_root)
   return tree, {s: v[1] for s, v in tree.splits.items()}, {s: v[2] for s, v in tree.splits.items()}
 
 
@@ -46,9 +46,11 @@ def test_cifar_tree_listing_and_ids(cifar_index):
   np.testing.assert_array_equal(np.bincount(labels["test"]), [1000] * 10)
   np.testing.assert_array_equal(ids["train"], np.arange(50000))
   np.testing.assert_array_equal(ids["test"], np.arange(50000, 60000))
-  # id 5000 * c + k is train/<class c>/k.jpg.
+  # id 5000 * c + k is train/<class c>/k.jpg; paths are relative to the root.
   paths = tree.splits["train"][0]
-  assert paths[5000 * 3 + 17].endswith(os.path.join("train", "cat", "0017.jpg"))
+  assert paths[5000 * 3 + 17] == "train/cat/0017.jpg"
+  assert tree.splits["test"][0][1000 * 9 + 999] == "test/truck/0999.jpg"
+  assert tree.files("test")[0] == os.path.join(tree.root, "test", "airplane", "0000.jpg")
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar10-1"])
@@ -113,7 +115,9 @@ def test_full_cifar_loads_with_pillow(cifar_root, tmp_path):
       per_class = 5000 if split == "train" else 1000
       c = k // per_class
       assert part.labels[row] == c
-      with Image.open(os.path.join(cifar_root, split, CIFAR_CLASSES[c], f"{k % per_class:04d}.jpg")) as im:
+      relative = f"{split}/{CIFAR_CLASSES[c]}/{k % per_class:04d}.jpg"
+      assert part.paths[row] == relative  # The id leads back to its file.
+      with Image.open(os.path.join(cifar_root, relative)) as im:
         np.testing.assert_array_equal(part.images[row], np.asarray(im.convert("RGB")))
   record = json.loads((tmp_path / "splits.json").read_text())
   assert record["protocol"] == "cifar10-1" and record["seed"] == 3 and record["source"] == "folder"
@@ -149,12 +153,14 @@ def test_tfds_builder_matches_pillow_bitwise(tmp_path_factory, tmp_path):
     np.testing.assert_array_equal(a.images, b.images)
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_array_equal(a.paths, b.paths)
     assert b.labels.dtype == np.int32
-  names = os.listdir(tmp_path / "tfds" / folder_builder.BUILDER_NAME)
-  assert len(names) == 1 and "native_error" in names[0]
-  # Prepared once: a second load reuses the data (no new config folder).
+  assert via_tfds.query.paths[0] == "test/airplane/0000.jpg"
+  # The config names the decode settings; a second load reuses the prepared copy.
+  assert sorted(os.listdir(tmp_path / "tfds" / "drlih_class_folder" / "native_error")) == ["2.0.0"]
+  stored = sorted(os.listdir(tmp_path / "tfds" / "drlih_class_folder" / "native_error" / "2.0.0"))
   protocols.load_retrieval_data(config)
-  assert os.listdir(tmp_path / "tfds" / folder_builder.BUILDER_NAME) == names
+  assert sorted(os.listdir(tmp_path / "tfds" / "drlih_class_folder" / "native_error" / "2.0.0")) == stored
 
 
 def test_tensorflow_free_loader_gives_the_same_pixels(tmp_path_factory, tmp_path):
@@ -167,7 +173,7 @@ def test_tensorflow_free_loader_gives_the_same_pixels(tmp_path_factory, tmp_path
       sys.modules["tensorflow"] = None
       sys.modules["tensorflow_datasets"] = None
       import ml_collections, numpy as np
-      from drlih_jax.data import protocols, streaming, folder_builder, list_builder, image_io
+      from drlih_jax.data import protocols, streaming, folder_tree, image_lists, image_io, storage, digits
       assert not image_io.tensorflow_available()
       config = ml_collections.ConfigDict(dict(name="cifar10", source="folder", root={root!r}, list_dir=None,
           data_dir=None, split_seed=5, image_size=None, on_bad_image="error", loader="auto", num_workers=2))
@@ -215,18 +221,18 @@ def test_empty_or_missing_class_folder_is_an_error(tmp_path):
   os.makedirs(tmp_path / "test" / "c")
   (tmp_path / "test" / "c" / "README.txt").write_text("not an image")
   with pytest.raises(ValueError, match=r"split folder .*train lacks class folder\(s\) \['c'\]"):
-    folder_builder.list_tree(str(tmp_path))
+    folder_tree.list_tree(str(tmp_path))
   os.makedirs(tmp_path / "train" / "c")
   with pytest.raises(ValueError, match=r"class folder .*train/c contains no image files"):
-    folder_builder.list_tree(str(tmp_path))
+    folder_tree.list_tree(str(tmp_path))
   with pytest.raises(ValueError, match=r"dataset.root .*nothing is not a folder"):
-    folder_builder.list_tree(str(tmp_path / "nothing"))
+    folder_tree.list_tree(str(tmp_path / "nothing"))
 
 
 def test_numeric_class_folders_sort_numerically(tmp_path):
   rng = np.random.default_rng(1)
   _small_tree(str(tmp_path), rng, classes=("2", "10", "1"), per=1)
-  tree = folder_builder.list_tree(str(tmp_path))
+  tree = folder_tree.list_tree(str(tmp_path))
   assert tree.class_names == ("1", "2", "10")
 
 
@@ -284,10 +290,12 @@ def test_config_errors_name_the_key(tmp_path):
 
 
 def test_official_tfds_cifar10_ids():
-  assert protocols._cifar10_tfds_id("train_16399") == 16399  # pylint: disable=protected-access
-  assert protocols._cifar10_tfds_id("test_00042") == 50042  # pylint: disable=protected-access
+  pytest.importorskip("tensorflow_datasets", reason="tensorflow_datasets not installed")
+  from drlih_jax.data import tfds_sources  # pylint: disable=import-outside-toplevel
+  assert tfds_sources.cifar10_id("train_16399") == 16399
+  assert tfds_sources.cifar10_id("test_00042") == 50042
   with pytest.raises(ValueError, match="unexpected tfds cifar10 id"):
-    protocols._cifar10_tfds_id("val_1")  # pylint: disable=protected-access
+    tfds_sources.cifar10_id("val_1")
 
 
 def test_labelled_mask():

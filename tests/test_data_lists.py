@@ -1,4 +1,4 @@
-"""Tests for list files (drlih_jax.data.list_builder) and the nuswide_21 / mirflickr / list protocols."""
+"""Tests for list files (drlih_jax.data.image_lists) and the nuswide_21 / mirflickr / list protocols."""
 
 import logging
 import os
@@ -9,11 +9,11 @@ from PIL import Image
 import pytest
 
 from drlih_jax.data import image_io
-from drlih_jax.data import list_builder
+from drlih_jax.data import image_lists
 from drlih_jax.data import protocols
-from tests.test_data_support import LISTS
-from tests.test_data_support import read_list_lines
-from tests.test_data_support import require
+from tests.helpers.data import LISTS
+from tests.helpers.data import read_list_lines
+from tests.helpers.data import require
 
 REAL = {
     ("mirflickr", "train"): (4000, 38), ("mirflickr", "test"): (1000, 38), ("mirflickr", "database"): (20000, 38),
@@ -31,19 +31,19 @@ def _config(**kwargs):
 @pytest.mark.parametrize("dataset,split", sorted(REAL))
 def test_real_list_files_parse(dataset, split):
   path = require(os.path.join(LISTS, dataset, f"{split}.txt"))
-  parsed = list_builder.parse_list_file(path, protocols.LABEL_WIDTHS[dataset])
+  parsed = image_lists.parse_list_file(path, protocols.LABEL_WIDTHS[dataset])
   assert parsed.labels.shape == REAL[dataset, split] and parsed.labels.dtype == np.uint8
   names, rows = read_list_lines(path)
   assert parsed.image_paths == names
   np.testing.assert_array_equal(parsed.labels, rows)
   np.testing.assert_array_equal(parsed.line_numbers, np.arange(1, len(names) + 1))
   # Width inferred from the first line agrees.
-  assert list_builder.parse_list_file(path).labels.shape == REAL[dataset, split]
+  assert image_lists.parse_list_file(path).labels.shape == REAL[dataset, split]
 
 
 def test_real_lists_index_and_protocol_ids(caplog):
   require(LISTS)
-  mir = list_builder.index_lists(os.path.join(LISTS, "mirflickr"), "/nonexistent_images", 38,
+  mir = image_lists.index_lists(os.path.join(LISTS, "mirflickr"), "/nonexistent_images", 38,
                                  protocols.REQUIRED_LISTS["mirflickr"])
   assert len(mir.paths) == 25000  # The three mirflickr files are disjoint.
   ids = protocols.protocol_ids("mirflickr", {s: mir.labels[p] for s, p in mir.positions.items()},
@@ -51,7 +51,7 @@ def test_real_lists_index_and_protocol_ids(caplog):
   assert {k: len(v) for k, v in ids.items()} == {"train": 4000, "query": 1000, "database": 20000}
   _, test_rows = read_list_lines(os.path.join(LISTS, "mirflickr", "test.txt"))
   assert protocols.count_unlabelled(mir.labels[mir.positions["test"]]) == int((test_rows.sum(1) == 0).sum()) == 19
-  nus = list_builder.index_lists(os.path.join(LISTS, "nuswide_21"), "/nonexistent_images", 21)
+  nus = image_lists.index_lists(os.path.join(LISTS, "nuswide_21"), "/nonexistent_images", 21)
   assert sorted(nus.files) == ["test", "train"] and len(nus.paths) == 12600
   with caplog.at_level(logging.WARNING):
     ids = protocols.protocol_ids("nuswide_21", {s: nus.labels[p] for s, p in nus.positions.items()},
@@ -60,7 +60,7 @@ def test_real_lists_index_and_protocol_ids(caplog):
   np.testing.assert_array_equal(ids["database"], ids["train"])
   assert len(ids["train"]) == 10500 and len(ids["query"]) == 2100
   with pytest.raises(ValueError, match=r"nuswide_21/database\.txt not found"):
-    list_builder.index_lists(os.path.join(LISTS, "nuswide_21"), "/x", 21, ("train", "test", "database"))
+    image_lists.index_lists(os.path.join(LISTS, "nuswide_21"), "/x", 21, ("train", "test", "database"))
 
 
 def test_wrong_label_width_names_file_and_line(tmp_path):
@@ -69,31 +69,31 @@ def test_wrong_label_width_names_file_and_line(tmp_path):
   path = tmp_path / "train.txt"
   path.write_text("\n".join(lines) + "\n")
   with pytest.raises(ValueError) as info:
-    list_builder.parse_list_file(str(path), 21)
+    image_lists.parse_list_file(str(path), 21)
   assert str(info.value) == f"list file {path} line 17: expected 21 labels, got 20"
   with pytest.raises(ValueError, match=r"line 17: expected 21 labels \(the width of line 1\), got 20"):
-    list_builder.parse_list_file(str(path))
+    image_lists.parse_list_file(str(path))
 
 
 def test_other_list_errors(tmp_path):
   bad_value = tmp_path / "a.txt"
   bad_value.write_text("x.jpg 0 1\n\ny.jpg 0 2\n")
   with pytest.raises(ValueError, match=r"a\.txt line 3: labels must be 0 or 1, got '2'"):
-    list_builder.parse_list_file(str(bad_value))
+    image_lists.parse_list_file(str(bad_value))
   empty = tmp_path / "e.txt"
   empty.write_text("\n\n")
   with pytest.raises(ValueError, match=r"e\.txt lists no images"):
-    list_builder.parse_list_file(str(empty))
+    image_lists.parse_list_file(str(empty))
   only_path = tmp_path / "p.txt"
   only_path.write_text("x.jpg\n")
   with pytest.raises(ValueError, match=r"p\.txt line 1: no labels"):
-    list_builder.parse_list_file(str(only_path))
+    image_lists.parse_list_file(str(only_path))
   lists = tmp_path / "lists"
   lists.mkdir()
   (lists / "train.txt").write_text("x.jpg 0 1\ny.jpg 1 0\n")
   (lists / "test.txt").write_text("z.jpg 1 1\nx.jpg 1 1\n")
   with pytest.raises(ValueError, match=r"test\.txt line 2: image x\.jpg is also listed at .*train\.txt line 1"):
-    list_builder.index_lists(str(lists), str(tmp_path))
+    image_lists.index_lists(str(lists), str(tmp_path))
 
 
 def _make_images(root, names, rng, sizes=((8, 8),), gray_every=0):
@@ -146,6 +146,7 @@ def test_mirflickr_protocol_on_generated_images(mirflickr_subset, caplog, tmp_pa
     np.testing.assert_array_equal(part.labels[order], rows)
     expected = image_io.decode_image(os.path.join(root, names[0]), 8)
     np.testing.assert_array_equal(part.images[order[0]], expected)
+    assert part.paths[order].tolist() == names  # Each id leads back to its listed file.
   n_unlabelled = protocols.count_unlabelled(data.query.labels)
   assert n_unlabelled >= 5
   assert f"{n_unlabelled} of 35 query images have no label" in caplog.text
@@ -180,12 +181,16 @@ def test_list_streaming_table_and_batches(mirflickr_subset, tmp_path):
   np.testing.assert_array_equal(table[2], data.train.ids)
   np.testing.assert_array_equal(table[1], data.train.labels)
   assert table[1].dtype == np.uint8 and table[1].shape == (30, 38)
-  stream = streaming.make_train_iterator(dict(dataset=config, batch_size=8, seed=1), table=table)
-  for step in range(4):  # 4 x 8 > 30: crosses an epoch end.
+  run = ml_collections.ConfigDict(dict(dataset=config, seed=1, input=dict(
+      classes_per_batch=2, images_per_class=3, augment="", crop_padding=4, resize=0, crop=0)))
+  stream = streaming.make_train_iterator(run, 0, 1, 0, table=table)
+  for step in range(4):
     batch = next(stream)
-    rows = streaming.train_indices_for_step(1, step, 8, 30)
+    rows = streaming.balanced_indices_for_step(1_000_003, step, data.train.labels, 2, 3)
+    assert np.all(data.train.labels[rows].reshape(2, 3, 38).min(axis=1).max(axis=1) == 1)  # Shared label.
     np.testing.assert_array_equal(batch["image"], data.train.images[rows])
     np.testing.assert_array_equal(batch["label"], data.train.labels[rows])
+    np.testing.assert_array_equal(batch["id"], data.train.ids[rows])
 
 
 def test_list_without_database_uses_train_and_shares_ids(tmp_path):
@@ -202,6 +207,8 @@ def test_list_without_database_uses_train_and_shares_ids(tmp_path):
   np.testing.assert_array_equal(data.query.ids, [3, 4])
   np.testing.assert_array_equal(data.query.labels, [[1, 1, 0], [0, 0, 0]])
   assert data.num_classes == 3
+  assert data.train.paths.tolist() == ["a.png", "sub/b.png", "c.png"]
+  assert data.query.paths.tolist() == ["d.png", str(tmp_path / "abs" / "e.png")]
 
 
 def test_bad_images_in_lists(tmp_path, caplog):

@@ -295,8 +295,8 @@ def _streaming_config(root, data_dir, **overrides):
 def test_streaming_mode_trains_and_resumes_exactly(tmp_path, tmp_path_factory):
   """tf.data streaming on real CIFAR JPEGs: a run resumed from a checkpoint equals an uninterrupted one."""
   pytest.importorskip("tensorflow_datasets", reason="tensorflow_datasets not installed")
-  from tests import test_data_support  # pylint: disable=g-import-not-at-top
-  root = test_data_support.cifar_subset(tmp_path_factory)
+  from tests.helpers import data as data_helpers  # pylint: disable=g-import-not-at-top
+  root = data_helpers.cifar_subset(tmp_path_factory)
   data_dir = str(tmp_path / "tfds")
   config = _streaming_config(root, data_dir)
   full = train.train_and_evaluate(config, str(tmp_path / "full"))

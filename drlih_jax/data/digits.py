@@ -1,9 +1,10 @@
-"""The embedded dataset: scikit-learn's bundled 8x8 digits as a tfds builder (no download).
+"""The embedded dataset: scikit-learn's bundled 8x8 digits (no download), and its protocol.
 
 scikit-learn ships the 1,797 images (values 0-16) inside its package, so this source works offline. The
-builder stores them as uint8 8x8x1 images scaled to 0-255 (`round(v * 255 / 16)`); the protocol then
-draws, with `dataset.split_seed`, `dataset.num_queries` queries class-balanced (36 per class for 360) and
-makes the remaining 1,437 images both the training set and the database.
+tfds builder (`tfds_builders/drlih_digits`) stores them as uint8 8x8x1 images scaled to 0-255
+(`round(v * 255 / 16)`); the protocol then draws, with `dataset.split_seed`, `dataset.num_queries` queries
+class-balanced (36 per class for 360) and makes the remaining 1,437 images both the training set and the
+database.
 
 Where TensorFlow is not importable (accelerator hosts without TF) the same arrays are built straight
 from scikit-learn; both paths give identical pixels, labels and ids.
@@ -13,69 +14,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from drlih_jax.data import image_io
 from drlih_jax.data import types
 
 NUM_CLASSES = 10
 
 
-def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
   """The 1,797 digits as uint8 [n, 8, 8, 1] images and int32 labels, in scikit-learn's order."""
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   digits = load_digits()
   images = np.rint(digits.images.astype(np.float64) * (255.0 / 16.0)).astype(np.uint8)[..., None]
   return images, digits.target.astype(np.int32)
-
-
-def _make_builder_class():
-  """Defines the tfds builder class on first use, so importing this module needs no TensorFlow."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
-  class DrlihDigits(tfds.core.GeneratorBasedBuilder):
-    """scikit-learn's 8x8 digits (1,797 images, 10 classes), one split "train"."""
-
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
-
-    def _info(self):
-      return self.dataset_info_from_configs(
-          features=tfds.features.FeaturesDict({
-              "image": tfds.features.Tensor(shape=(8, 8, 1), dtype=np.uint8),
-              "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-              "id": np.int64,
-          }),
-          supervised_keys=("image", "label"),
-          description="scikit-learn's bundled 8x8 handwritten digits.")
-
-    def _split_generators(self, dl_manager):
-      del dl_manager  # Nothing to download: the data ships with scikit-learn.
-      return {"train": self._generate_examples()}
-
-    def _generate_examples(self):
-      images, labels = _digits_arrays()
-      for i, (image, label) in enumerate(zip(images, labels)):
-        yield i, {"image": image, "label": int(label), "id": i}
-
-  return DrlihDigits
-
-
-_BUILDER_CLASS = None
-
-
-def builder(data_dir: str | None = None):
-  """Returns the tfds builder of the digits dataset (needs tensorflow_datasets)."""
-  global _BUILDER_CLASS  # Class definition is cached: tfds registers builder names once.
-  if _BUILDER_CLASS is None:
-    _BUILDER_CLASS = _make_builder_class()
-  return _BUILDER_CLASS(data_dir=data_dir)
-
-
-def _tensorflow_available() -> bool:
-  try:
-    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
-    import tensorflow_datasets  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    return False
-  return True
 
 
 def load_all(data_dir: str | None = None, loader: str = "auto") -> types.Split:
@@ -90,17 +40,15 @@ def load_all(data_dir: str | None = None, loader: str = "auto") -> types.Split:
   """
   if loader not in ("auto", "tfds", "pillow", "sklearn"):
     raise ValueError(f"dataset.loader must be auto, tfds or pillow, got {loader!r}")
-  use_tfds = loader == "tfds" or (loader == "auto" and _tensorflow_available())
-  if not use_tfds:
-    images, labels = _digits_arrays()
+  if loader in ("pillow", "sklearn") or (loader == "auto" and not image_io.tensorflow_available()):
+    images, labels = digits_arrays()
     return types.Split(images, labels, np.arange(len(images), dtype=np.int64))
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  b = builder(data_dir)
-  b.download_and_prepare()
-  data = tfds.as_numpy(b.as_dataset(split="train", batch_size=-1))
-  order = np.argsort(data["id"], kind="stable")
-  return types.Split(data["image"][order].astype(np.uint8), data["label"][order].astype(np.int32),
-                     data["id"][order].astype(np.int64))
+  # pylint: disable=g-import-not-at-top,import-outside-toplevel  (tensorflow_datasets)
+  from drlih_jax.data import tfds_io
+  from drlih_jax.data.tfds_builders.drlih_digits import drlih_digits_dataset_builder
+  # pylint: enable=g-import-not-at-top,import-outside-toplevel
+  builder = tfds_io.prepare(lambda: drlih_digits_dataset_builder.Builder(data_dir=data_dir))
+  return tfds_io.read_split(builder, "train")
 
 
 def class_balanced_queries(labels: np.ndarray, num_queries: int, num_classes: int, seed: int) -> np.ndarray:

@@ -1,8 +1,10 @@
 """Image decoding with Pillow: RGB conversion, resizing, the bad-image policy and threaded loading.
 
 This module is the one place where image files become pixels. Both the TensorFlow-free loader and the
-tfds builders (`folder_builder`, `list_builder`) decode through `decode_image`, and the builders store the
-decoded pixels losslessly (PNG), so the two paths give bitwise-equal uint8 arrays.
+tfds builders (`tfds_builders/drlih_class_folder`, `tfds_builders/drlih_image_list`) decode through
+`decode_image`, and the builders store the decoded pixels losslessly (PNG), so the two paths give
+bitwise-equal uint8 arrays. Local files are opened by Pillow directly; URLs (`gs://...`) are read as bytes
+through `storage` (etils.epath).
 
 Outcomes for bad data (the `on_bad_image` policy is "error" or "skip"):
 
@@ -32,6 +34,8 @@ from absl import logging
 import numpy as np
 from PIL import Image
 from PIL import UnidentifiedImageError
+
+from drlih_jax.data import storage
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 ON_BAD_IMAGE_CHOICES = ("error", "skip")
@@ -68,9 +72,10 @@ def is_image_file(name: str) -> bool:
 
 
 def tensorflow_available() -> bool:
-  """Whether `import tensorflow` succeeds (False also when `sys.modules['tensorflow']` is None)."""
+  """Whether tensorflow and tensorflow_datasets import (False also when `sys.modules[name]` is None)."""
   try:
     import tensorflow  # pylint: disable=g-import-not-at-top,unused-import,import-outside-toplevel
+    import tensorflow_datasets  # pylint: disable=g-import-not-at-top,unused-import,import-outside-toplevel
   except ImportError:
     return False
   return True
@@ -86,7 +91,7 @@ def decode_image(source: Union[str, os.PathLike, bytes], image_size: Optional[in
   """Decodes one image file (or its bytes) to uint8 RGB pixels.
 
   Args:
-    source: a path, or the encoded bytes.
+    source: a local path, a URL (`gs://...`), or the encoded bytes.
     image_size: resize to this square size (Pillow bilinear); None keeps the native size.
 
   Returns:
@@ -97,7 +102,12 @@ def decode_image(source: Union[str, os.PathLike, bytes], image_size: Optional[in
     OSError, PIL.UnidentifiedImageError, ValueError: the data is not a decodable image (truncated,
       corrupt, unknown format).
   """
-  fileobj = io.BytesIO(source) if isinstance(source, bytes) else source
+  if isinstance(source, bytes):
+    fileobj = io.BytesIO(source)
+  elif storage.is_url(os.fspath(source)):
+    fileobj = io.BytesIO(storage.read_bytes(os.fspath(source)))
+  else:
+    fileobj = source  # Pillow reads the local file itself.
   with Image.open(fileobj) as image:
     image.load()  # Fails on truncated data (LOAD_TRUNCATED_IMAGES is left False).
     rgb = image if image.mode == "RGB" else image.convert("RGB")

@@ -23,14 +23,16 @@
   - "digits": the embedded sklearn digits (`drlih_jax.data.digits`).
 * `source`: "tfds" (the official tfds `cifar10` builder; cifar10* protocols only), "folder" (class-folder
   tree at `root`), "list" (list files in `list_dir`), "digits".
-* `root`, `list_dir`, `data_dir` (tfds data dir, None = tfds' default), `split_seed` (int),
-  `image_size` (int: resize to this square size; None: native size, which every image must share),
-  `on_bad_image` ("error" | "skip", see `image_io`), `loader` ("auto" | "tfds" | "pillow": auto = the tfds
-  builders when tensorflow imports, else Pillow), `num_workers` (Pillow threads).
+* `root`, `list_dir`, `data_dir` (tfds data dir, None = tfds' default; each may be a local path or a
+  `gs://` URL, see `storage`), `split_seed` (int), `image_size` (int: resize to this square size; None:
+  native size, which every image must share), `on_bad_image` ("error" | "skip", see `image_io`), `loader`
+  ("auto" | "tfds" | "pillow": auto = the tfds builders (`tfds_sources`, prepared once into `data_dir`)
+  when tensorflow and tensorflow_datasets import, else Pillow), `num_workers` (Pillow threads).
 
-Every returned split is in ascending id order (ids: see `folder_builder` and `list_builder`; the tfds
-cifar10 ids are `train_<k>` -> k and `test_<k>` -> 50,000 + k). Images that `on_bad_image = "skip"` dropped
-are not in the pool the protocol draws from, so the draw depends on which images decoded.
+Every returned split is in ascending id order (ids: see `folder_tree` and `image_lists`; the tfds cifar10
+ids: `tfds_sources.cifar10_id`), and carries each image's path relative to `root` (`Split.paths`, None for
+digits and the tfds cifar10). Images that `on_bad_image = "skip"` dropped are not in the pool the protocol
+draws from, so the draw depends on which images decoded.
 
 Multi-label data: images without any label are kept in every split; their number per split is logged
 (a query without labels has no relevant item: AP 0). Use `labelled_mask` to leave them out of training
@@ -51,7 +53,10 @@ from typing import Any, Optional
 from absl import logging
 import numpy as np
 
+from drlih_jax.data import digits
+from drlih_jax.data import folder_tree
 from drlih_jax.data import image_io
+from drlih_jax.data import image_lists
 from drlih_jax.data.types import RetrievalData
 from drlih_jax.data.types import Split
 
@@ -164,63 +169,26 @@ def use_tfds(values: dict[str, Any]) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------
-# Sources: split name -> Split (pixels, labels, ids), in id order.
-
-
-def _cifar10_tfds_id(text: str) -> int:
-  """The official tfds cifar10 `id` ("train_16399", "test_00042") as an int64 id (test offset 50,000)."""
-  split, _, number = text.partition("_")
-  if split not in ("train", "test") or not number.isdigit():
-    raise ValueError(f"unexpected tfds cifar10 id {text!r}")
-  return int(number) + (50_000 if split == "test" else 0)
-
-
-def _load_tfds_cifar10(values) -> tuple[dict[str, Split], int]:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  from drlih_jax.data import folder_builder  # pylint: disable=import-outside-toplevel
-  builder = tfds.builder("cifar10", data_dir=values["data_dir"])
-  builder.download_and_prepare()
-  out = {}
-  for split in ("train", "test"):
-    arrays = folder_builder.read_all(builder, split)
-    ids = np.array([_cifar10_tfds_id(t.decode() if isinstance(t, bytes) else str(t)) for t in arrays["id"]],
-                   np.int64)
-    images = arrays["image"]
-    if values["image_size"] is not None and images.shape[1:3] != (values["image_size"],) * 2:
-      images = np.stack([image_io.resize_image(im, values["image_size"]) for im in images])
-    order = np.argsort(ids, kind="stable")
-    out[split] = Split(images[order], arrays["label"][order].astype(np.int32), ids[order])
-  return out, builder.info.features["label"].num_classes
+# Sources: split name -> Split (pixels, labels, ids, paths), in id order.
 
 
 def load_source(values: dict[str, Any]) -> tuple[dict[str, Split], int]:
-  """Loads every split of the configured source (pixels included).
+  """Loads every split of the configured source (pixels included), through tfds or Pillow (`use_tfds`).
 
   Returns:
     (split name -> Split in id order, number of classes).
   """
+  if use_tfds(values):
+    from drlih_jax.data import tfds_sources  # pylint: disable=import-outside-toplevel  (imports TensorFlow)
+    return tfds_sources.load_splits(values)
   common = dict(image_size=values["image_size"], on_bad_image=values["on_bad_image"],
                 num_workers=int(values["num_workers"]))
-  tfds_path = use_tfds(values)
-  if values["source"] == "tfds":
-    return _load_tfds_cifar10(values)
   if values["source"] == "folder":
-    from drlih_jax.data import folder_builder  # pylint: disable=import-outside-toplevel
-    tree = folder_builder.list_tree(values["root"])
-    if tfds_path:
-      splits = folder_builder.load_tree_tfds(tree, data_dir=values["data_dir"], **common)
-    else:
-      splits = folder_builder.load_tree_pillow(tree, **common)
-    return splits, len(tree.class_names)
-  from drlih_jax.data import list_builder  # pylint: disable=import-outside-toplevel
-  required = REQUIRED_LISTS[values["name"]]
-  index = list_builder.index_lists(values["list_dir"], values["root"], LABEL_WIDTHS.get(values["name"]),
-                                   required)
-  if tfds_path:
-    splits = list_builder.load_lists_tfds(index, data_dir=values["data_dir"], required=required, **common)
-  else:
-    splits = list_builder.load_lists_pillow(index, **common)
-  return splits, index.num_labels
+    tree = folder_tree.list_tree(values["root"])
+    return folder_tree.load_tree_pillow(tree, **common), len(tree.class_names)
+  index = image_lists.index_lists(values["list_dir"], values["root"], LABEL_WIDTHS.get(values["name"]),
+                                  REQUIRED_LISTS[values["name"]])
+  return image_lists.load_lists_pillow(index, **common), index.num_labels
 
 
 def _check_same_size(splits: dict[str, Split]) -> None:
@@ -320,8 +288,10 @@ def _concat(splits: dict[str, Split]) -> Split:
   images = np.concatenate([s.images for s in splits.values()])
   labels = np.concatenate([s.labels for s in splits.values()])
   ids = np.concatenate([s.ids for s in splits.values()])
+  with_paths = all(s.paths is not None for s in splits.values())
+  paths = np.concatenate([s.paths for s in splits.values()]) if with_paths else None
   _, first = np.unique(ids, return_index=True)
-  return Split(images, labels, ids).take(first)
+  return Split(images, labels, ids, paths).take(first)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -405,7 +375,6 @@ def load_retrieval_data(dataset_config, workdir: Optional[str] = None) -> Retrie
   """
   values = validate_config(dataset_config)
   if values["name"] == "digits":
-    from drlih_jax.data import digits  # pylint: disable=import-outside-toplevel
     data = digits.load_digits(dataset_config)
   else:
     splits, num_classes = load_source(values)

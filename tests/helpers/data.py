@@ -1,4 +1,4 @@
-"""Shared helpers for the data tests: the real data in ../shared/data, extracted once per session."""
+"""Helpers for the tests that read real data (../shared/data): CIFAR-10 trees extracted once per session."""
 
 import os
 import shutil
@@ -8,7 +8,7 @@ import tarfile
 import numpy as np
 import pytest
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARED_DATA = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "data"))
 CIFAR_TAR = os.path.join(SHARED_DATA, "cifar10-jpeg.tar.gz")
 LISTS = os.path.join(SHARED_DATA, "lists")

@@ -1,0 +1,47 @@
+"""The BuilderConfigs of drlih_class_folder and drlih_image_list: how the images are decoded.
+
+A config is named `<size>_<policy>`: the size is `native` (every image keeps its size, which all must
+share) or `s<N>` (every image resized to N x N, Pillow bilinear), the policy `error` or `skip` (what a
+missing, truncated or corrupt image does, see `image_io`). "native_error" is the default and the one
+predefined config (so `tfds build` without `--config` prepares only it); any other valid name, e.g.
+"s224_skip", is made on request (`tfds.builder("drlih_class_folder/s224_skip")`, `tfds build --config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from typing import Optional
+
+import tensorflow_datasets as tfds
+
+DEFAULT_NAME = "native_error"
+_NAME = re.compile(r"^(?:native|s([1-9][0-9]*))_(error|skip)$")
+
+
+@dataclasses.dataclass(eq=False)
+class DecodeConfig(tfds.core.BuilderConfig):
+  """How images are decoded: `image_size` (None = native) and `on_bad_image` ("error" | "skip")."""
+
+  image_size: Optional[int] = None
+  on_bad_image: str = "error"
+
+
+def config_name(image_size: Optional[int], on_bad_image: str) -> str:
+  """The config name of these decode settings ("native_error", "s224_skip", ...)."""
+  return f"{'native' if image_size is None else f's{int(image_size)}'}_{on_bad_image}"
+
+
+@functools.cache
+def from_name(name: str) -> Optional[DecodeConfig]:
+  """The config called `name` (one object per name), or None when the name is not `<size>_<policy>`."""
+  match = _NAME.match(name)
+  if match is None:
+    return None
+  size = None if match.group(1) is None else int(match.group(1))
+  policy = match.group(2)
+  what = "Images at their native size" if size is None else f"Images resized to {size}x{size}"
+  outcome = "an error" if policy == "error" else "skipped"
+  return DecodeConfig(name=name, image_size=size, on_bad_image=policy,
+                      description=f"{what}; a bad image is {outcome}.")

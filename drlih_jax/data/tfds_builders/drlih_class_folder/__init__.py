@@ -1,0 +1,1 @@
+"""The drlih_class_folder tfds dataset (the builder is in drlih_class_folder_dataset_builder.py)."""

@@ -1,0 +1,1 @@
+"""The drlih_digits tfds dataset (the builder is in drlih_digits_dataset_builder.py)."""
