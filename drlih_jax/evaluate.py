@@ -184,11 +184,17 @@ def write_report(workdir, name: str, step: int, report: dict, config, data=None,
   return path
 
 
-def write_codes(path, codes: np.ndarray, labels: np.ndarray, ids: np.ndarray, step: int) -> epath.Path:
-  """Writes {0,1} codes packed 8 per byte (faiss IndexBinary layout) with labels and ids to an .npz."""
+def write_codes(path, codes: np.ndarray, labels: np.ndarray, ids: np.ndarray, step: int,
+                paths=None) -> epath.Path:
+  """Writes {0,1} codes packed 8 per byte (faiss IndexBinary layout) with labels, ids (and image paths).
+
+  `paths` (the images' paths relative to the dataset root, when the source has files) lead each row back to
+  its file.
+  """
   buffer = io.BytesIO()
+  extra = {} if paths is None else {"paths": np.asarray(paths, dtype=str)}
   np.savez(buffer, codes=np.packbits(codes, axis=1), bits=np.int32(codes.shape[1]), labels=labels, ids=ids,
-           step=np.int64(step))
+           step=np.int64(step), **extra)
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_bytes(buffer.getvalue())

@@ -173,8 +173,7 @@ def _input_feed(run: run_lib.Run, data, start_step: int):
     device_data = run.device_data(data)
     return lambda state: run.train_step(state, device_data, run.train_key)
   from drlih_jax.data import streaming  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
-  iterator = streaming.make_train_iterator(streaming_config(run.config), jax.process_index(),
-                                           jax.process_count(), start_step=start_step)
+  iterator = streaming.make_train_iterator(run.config, jax.process_index(), jax.process_count(), start_step)
 
   def next_step(state):
     local = next(iterator)
@@ -182,22 +181,6 @@ def _input_feed(run: run_lib.Run, data, start_step: int):
              for k in ("image", "label")}
     return run.train_step(state, batch, run.train_key)
   return next_step
-
-
-def streaming_config(config) -> dict:
-  """The streaming iterator's settings from the run config (same batch layout and augmentation)."""
-  input_config = config.input
-  if input_config.get("resize") and input_config.get("crop"):
-    augment = "resize_crop_flip"
-  elif input_config.augment == "crop_flip":
-    augment = "pad_crop_flip"
-  else:
-    augment = "none"
-  return dict(dataset=config.dataset, batch_size=input_config.classes_per_batch * input_config.images_per_class,
-              seed=config.seed, augment=augment, pad=input_config.crop_padding,
-              resize_size=input_config.get("resize") or 256, crop_size=input_config.get("crop") or 224,
-              image_dtype="uint8", sampler="class_balanced", classes_per_batch=input_config.classes_per_batch,
-              images_per_class=input_config.images_per_class)
 
 
 def _load_data(config, data):
@@ -411,6 +394,6 @@ def encode_checkpoint(workdir, split: str, *, output=None, step: int | None = No
   if jax.process_index() != 0:
     return None
   output = output or epath.Path(workdir) / f"codes_{split}_{restored.step}.npz"
-  path = evaluate.write_codes(output, codes, chosen.labels, chosen.ids, restored.step)
+  path = evaluate.write_codes(output, codes, chosen.labels, chosen.ids, restored.step, paths=chosen.paths)
   logging.info("Wrote %d %d-bit codes of split %s to %s", len(codes), codes.shape[1], split, path)
   return path

@@ -50,9 +50,4 @@ def validate(config) -> None:
   optim.check_config(config.optim)
   input_pipeline.check_config(config)
   evaluate.check_config(config)
-  try:
-    protocols.validate_config(config.dataset)
-  except errors.Error:
-    raise
-  except ValueError as e:  # protocols names the `dataset.*` key in its messages
-    raise errors.ConfigError(str(e)) from e
+  protocols.validate_config(config.dataset)

@@ -11,6 +11,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from drlih_jax import errors
+from drlih_jax import run_record
 from drlih_jax.data import folder_tree
 from drlih_jax.data import image_io
 from drlih_jax.data import protocols
@@ -101,7 +103,9 @@ def test_cifar10_2_protocol(cifar_index):
 def test_full_cifar_loads_with_pillow(cifar_root, tmp_path):
   """All 60,000 JPEGs decode (Pillow path); cifar10-1 end to end, pixels checked against the files."""
   config = _config(name="cifar10-1", root=cifar_root, split_seed=3)
-  data = protocols.load_retrieval_data(config, workdir=str(tmp_path))
+  data = protocols.load_retrieval_data(config)
+  run_record.record_splits(str(tmp_path), run_record.splits_record(protocols.validate_config(config), data),
+                           write=True)
   assert data.query.images.shape == (1000, 32, 32, 3) and data.database.images.shape == (59000, 32, 32, 3)
   assert data.train.images.shape == (5000, 32, 32, 3) and data.num_classes == 10
   assert data.query.labels.dtype == np.int32 and data.query.ids.dtype == np.int64
@@ -128,14 +132,15 @@ def test_full_cifar_loads_with_pillow(cifar_root, tmp_path):
 def test_splits_json_resume_check(tmp_path):
   record = {"protocol": "cifar10", "seed": 0, "source": "folder", "ids": {"train": [1, 2], "query": [3],
                                                                             "database": [4, 5]}}
-  path = protocols.write_or_check_splits(str(tmp_path), record)
-  assert protocols.write_or_check_splits(str(tmp_path), dict(record)) == path  # Same split: fine.
-  with pytest.raises(protocols.SplitMismatchError, match=r"splits\.json records seed 0 but this run has 1"):
-    protocols.write_or_check_splits(str(tmp_path), dict(record, seed=1))
+  assert not run_record.check_splits(str(tmp_path), record)  # No file yet.
+  run_record.record_splits(str(tmp_path), record, write=True)
+  assert run_record.check_splits(str(tmp_path), dict(record))  # Same split: fine.
+  with pytest.raises(errors.SplitMismatchError, match=r"splits\.json records seed 0 but this run has 1"):
+    run_record.check_splits(str(tmp_path), dict(record, seed=1))
   changed = dict(record, ids={"train": [1, 2], "query": [3], "database": [4, 6]})
-  with pytest.raises(protocols.SplitMismatchError,
+  with pytest.raises(errors.SplitMismatchError,
                      match=r"splits\.json: the recomputed 'database' split differs .*first difference at position 1"):
-    protocols.write_or_check_splits(str(tmp_path), changed)
+    run_record.record_splits(str(tmp_path), changed, write=True)
 
 
 def test_tfds_builder_matches_pillow_bitwise(tmp_path_factory, tmp_path):
@@ -308,10 +313,13 @@ def test_labelled_mask():
 def test_digits_dispatch_records_splits(tmp_path):
   config = ml_collections.ConfigDict(dict(name="digits", source="digits", num_queries=360, split_seed=0,
                                           loader="pillow", data_dir=None, image_size=None))
-  data = protocols.load_retrieval_data(config, workdir=str(tmp_path))
+  data = protocols.load_retrieval_data(config)
+  run_record.record_splits(str(tmp_path), run_record.splits_record(protocols.validate_config(config), data),
+                           write=True)
   assert (len(data.query), len(data.database)) == (360, 1797 - 360)
   record = json.loads((tmp_path / "splits.json").read_text())
   assert record["protocol"] == "digits" and record["ids"]["query"] == data.query.ids.tolist()
   config.split_seed = 1
-  with pytest.raises(protocols.SplitMismatchError, match="splits.json records seed 0 but this run has 1"):
-    protocols.load_retrieval_data(config, workdir=str(tmp_path))
+  other = protocols.load_retrieval_data(config)
+  with pytest.raises(errors.SplitMismatchError, match="splits.json records seed 0 but this run has 1"):
+    run_record.check_splits(str(tmp_path), run_record.splits_record(protocols.validate_config(config), other))

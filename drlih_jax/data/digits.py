@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from drlih_jax import errors
 from drlih_jax.data import image_io
 from drlih_jax.data import types
 
@@ -39,7 +40,7 @@ def load_all(data_dir: str | None = None, loader: str = "auto") -> types.Split:
     A Split ordered by id.
   """
   if loader not in ("auto", "tfds", "pillow", "sklearn"):
-    raise ValueError(f"dataset.loader must be auto, tfds or pillow, got {loader!r}")
+    raise errors.ConfigError(f"dataset.loader must be auto, tfds or pillow, got {loader!r}")
   if loader in ("pillow", "sklearn") or (loader == "auto" and not image_io.tensorflow_available()):
     images, labels = digits_arrays()
     return types.Split(images, labels, np.arange(len(images), dtype=np.int64))
@@ -54,14 +55,14 @@ def load_all(data_dir: str | None = None, loader: str = "auto") -> types.Split:
 def class_balanced_queries(labels: np.ndarray, num_queries: int, num_classes: int, seed: int) -> np.ndarray:
   """Picks `num_queries // num_classes` positions per class with a seeded permutation, sorted."""
   if num_queries % num_classes:
-    raise ValueError(f"dataset.num_queries={num_queries} must be a multiple of the {num_classes} classes")
+    raise errors.ConfigError(f"dataset.num_queries={num_queries} must be a multiple of the {num_classes} classes")
   per_class = num_queries // num_classes
   rng = np.random.default_rng(seed)
   chosen = []
   for c in range(num_classes):
     members = np.flatnonzero(labels == c)
     if len(members) <= per_class:
-      raise ValueError(f"class {c} has {len(members)} images, fewer than {per_class + 1} needed for "
+      raise errors.DataError(f"class {c} has {len(members)} images, fewer than {per_class + 1} needed for "
                        f"{per_class} queries and a non-empty database")
     chosen.append(rng.choice(members, per_class, replace=False))
   return np.sort(np.concatenate(chosen))

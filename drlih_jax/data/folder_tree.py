@@ -40,6 +40,7 @@ from typing import Optional
 from absl import logging
 import numpy as np
 
+from drlih_jax import errors
 from drlih_jax.data import image_io
 from drlih_jax.data import storage
 from drlih_jax.data.types import Split
@@ -105,24 +106,24 @@ def list_tree(root: str) -> FolderTree:
       class folders that differ between splits (the message names the folder).
   """
   if not root:
-    raise ValueError("dataset.root must name the class-folder tree (root/<split>/<class>/<image>)")
+    raise errors.ConfigError("dataset.root must name the class-folder tree (root/<split>/<class>/<image>)")
   root = storage.absolute(root)
   if not storage.is_dir(root):
-    raise ValueError(f"dataset.root {root} is not a folder")
+    raise errors.DataError(f"dataset.root {root} is not a folder")
   split_names = split_order(storage.subdirs(root))
   if not split_names:
-    raise ValueError(f"class-folder tree {root} has no split folders (expected root/<split>/<class>/<image>)")
+    raise errors.DataError(f"class-folder tree {root} has no split folders (expected root/<split>/<class>/<image>)")
   classes_per_split = {}
   for split in split_names:
     classes = storage.subdirs(storage.join(root, split))
     if not classes:
-      raise ValueError(f"split folder {storage.join(root, split)} has no class folders")
+      raise errors.DataError(f"split folder {storage.join(root, split)} has no class folders")
     classes_per_split[split] = set(classes)
   all_classes = set().union(*classes_per_split.values())
   for split in split_names:
     missing = sorted(all_classes - classes_per_split[split])
     if missing:
-      raise ValueError(
+      raise errors.DataError(
           f"split folder {storage.join(root, split)} lacks class folder(s) {missing} that other splits have; "
           "every split must have the same class folders")
   class_names = _sorted_classes(all_classes)
@@ -138,7 +139,7 @@ def list_tree(root: str) -> FolderTree:
       found = [f for f in files if image_io.is_image_file(f)]
       ignored += len(files) - len(found)
       if not found:
-        raise ValueError(
+        raise errors.DataError(
             f"class folder {folder} contains no image files (extensions {image_io.IMAGE_EXTENSIONS}); "
             "remove the folder or add its images")
       rels.extend(f"{split}/{name}/{f}" for f in found)

@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 from PIL import UnidentifiedImageError
 
+from drlih_jax import errors
 from drlih_jax.data import storage
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -43,11 +44,11 @@ ON_BAD_IMAGE_CHOICES = ("error", "skip")
 _MAX_LOGGED_SKIPS = 20
 
 
-class BadImageError(ValueError):
+class BadImageError(errors.DataError):
   """A missing, truncated or corrupt image (the message names the file and the list line)."""
 
 
-class ImageSizeError(ValueError):
+class ImageSizeError(errors.DataError):
   """Images of different sizes while `image_size` is None."""
 
 
@@ -83,7 +84,7 @@ def tensorflow_available() -> bool:
 
 def check_on_bad_image(value: str) -> str:
   if value not in ON_BAD_IMAGE_CHOICES:
-    raise ValueError(f"dataset.on_bad_image must be one of {ON_BAD_IMAGE_CHOICES}, got {value!r}")
+    raise errors.ConfigError(f"dataset.on_bad_image must be one of {ON_BAD_IMAGE_CHOICES}, got {value!r}")
   return value
 
 

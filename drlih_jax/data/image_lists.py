@@ -40,6 +40,7 @@ from typing import Optional
 
 import numpy as np
 
+from drlih_jax import errors
 from drlih_jax.data import image_io
 from drlih_jax.data import storage
 from drlih_jax.data.types import Split
@@ -80,7 +81,7 @@ def parse_list_file(path: str, num_labels: Optional[int] = None) -> ListFile:
     ValueError: missing or empty file, wrong label width, labels other than 0/1 (naming file and line).
   """
   if not storage.is_file(path):
-    raise ValueError(f"list file {path} not found")
+    raise errors.DataError(f"list file {path} not found")
   data = storage.read_bytes(path)
   image_paths, rows, line_numbers = [], [], []
   width_source = ""
@@ -93,18 +94,18 @@ def parse_list_file(path: str, num_labels: Optional[int] = None) -> ListFile:
       num_labels = len(labels)
       width_source = f" (the width of line {line_number})"
       if num_labels == 0:
-        raise ValueError(f"list file {path} line {line_number}: no labels after the image path")
+        raise errors.DataError(f"list file {path} line {line_number}: no labels after the image path")
     if len(labels) != num_labels:
-      raise ValueError(
+      raise errors.DataError(
           f"list file {path} line {line_number}: expected {num_labels} labels{width_source}, got {len(labels)}")
     bad = [t for t in labels if t not in ("0", "1")]
     if bad:
-      raise ValueError(f"list file {path} line {line_number}: labels must be 0 or 1, got {bad[0]!r}")
+      raise errors.DataError(f"list file {path} line {line_number}: labels must be 0 or 1, got {bad[0]!r}")
     image_paths.append(tokens[0])
     rows.append(labels)
     line_numbers.append(line_number)
   if not image_paths:
-    raise ValueError(f"list file {path} lists no images")
+    raise errors.DataError(f"list file {path} lists no images")
   labels = (np.asarray(rows) == "1").astype(np.uint8)
   return ListFile(path=path, image_paths=image_paths, labels=labels,
                   line_numbers=np.asarray(line_numbers, np.int64), sha256=hashlib.sha256(data).hexdigest())
@@ -172,9 +173,9 @@ def index_lists(list_dir: str, root: str, num_labels: Optional[int] = None,
     The index.
   """
   if not list_dir:
-    raise ValueError("dataset.list_dir must name the folder holding train.txt / test.txt [/ database.txt]")
+    raise errors.ConfigError("dataset.list_dir must name the folder holding train.txt / test.txt [/ database.txt]")
   if not root:
-    raise ValueError("dataset.root must name the folder the list files' image paths are relative to")
+    raise errors.ConfigError("dataset.root must name the folder the list files' image paths are relative to")
   list_dir = storage.absolute(list_dir)
   root = storage.absolute(root)
   files = {}
@@ -185,7 +186,7 @@ def index_lists(list_dir: str, root: str, num_labels: Optional[int] = None,
       num_labels = parsed.labels.shape[1]
       files[split] = parsed
     elif split in required:
-      raise ValueError(f"list file {path} not found (dataset.list_dir = {list_dir})")
+      raise errors.DataError(f"list file {path} not found (dataset.list_dir = {list_dir})")
 
   id_of: dict[str, int] = {}
   paths, listed, rows, where = [], [], [], []
@@ -203,7 +204,7 @@ def index_lists(list_dir: str, root: str, num_labels: Optional[int] = None,
         rows.append(parsed.labels[k])
         where.append(line)
       elif not np.array_equal(rows[i], parsed.labels[k]):
-        raise ValueError(f"{line}: image {token} is also listed at {where[i]} with different labels")
+        raise errors.DataError(f"{line}: image {token} is also listed at {where[i]} with different labels")
       pos[k] = i
     positions[split] = pos
   return ListIndex(root=root, files=files, paths=paths, listed=listed, labels=np.stack(rows).astype(np.uint8),

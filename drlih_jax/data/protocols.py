@@ -38,21 +38,21 @@ Multi-label data: images without any label are kept in every split; their number
 (a query without labels has no relevant item: AP 0). Use `labelled_mask` to leave them out of training
 triplets.
 
-With `workdir`, the chosen ids per split are written to `<workdir>/splits.json` with the protocol, seed and
-source; when that file exists, the recomputed split must equal it (else `SplitMismatchError` naming the
-file), so a resumed run cannot silently train or evaluate on other images.
+A run records the chosen ids per split in `<workdir>/splits.json` (`drlih_jax/run_record.py`); a resumed or
+evaluated run checks the recomputed split against it, so it cannot silently use other images.
+
+Errors: a bad `dataset.*` value is a `ConfigError` naming the key; unusable data is a `DataError`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-from typing import Any, Optional
+from typing import Any
 
 from absl import logging
 import numpy as np
 
+from drlih_jax import errors
 from drlih_jax.data import digits
 from drlih_jax.data import folder_tree
 from drlih_jax.data import image_io
@@ -83,13 +83,8 @@ REQUIRED_LISTS = {"nuswide_21": ("train", "test"), "mirflickr": ("train", "test"
                   "list": ("train", "test")}
 QUERIES_PER_CLASS = 100
 TRAIN_PER_CLASS = 500
-SPLITS_FILE = "splits.json"
 _DEFAULTS = {"root": None, "list_dir": None, "data_dir": None, "split_seed": 0, "image_size": None,
              "on_bad_image": "error", "loader": "auto", "num_workers": 4}
-
-
-class SplitMismatchError(RuntimeError):
-  """The recomputed split differs from the one recorded in `<workdir>/splits.json`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,27 +126,28 @@ def validate_config(config) -> dict[str, Any]:
   """
   name = config.get("name") if hasattr(config, "get") else getattr(config, "name", None)
   if name not in PROTOCOLS:
-    raise ValueError(f"dataset.name must be one of {PROTOCOLS}, got {name!r}")
+    raise errors.ConfigError(f"dataset.name must be one of {PROTOCOLS}, got {name!r}")
   default_source = SOURCES[name][0]
   source = config.get("source", default_source) if hasattr(config, "get") else getattr(
       config, "source", default_source)
   if source not in SOURCES[name]:
-    raise ValueError(f"dataset.source must be one of {SOURCES[name]} for dataset.name {name!r}, got {source!r}")
+    raise errors.ConfigError(f"dataset.source must be one of {SOURCES[name]} for dataset.name {name!r}, "
+                             f"got {source!r}")
   values = {key: _get(config, key) for key in _DEFAULTS}
   values.update(name=name, source=source)
   image_io.check_on_bad_image(values["on_bad_image"])
   if values["loader"] not in LOADERS:
-    raise ValueError(f"dataset.loader must be one of {LOADERS}, got {values['loader']!r}")
+    raise errors.ConfigError(f"dataset.loader must be one of {LOADERS}, got {values['loader']!r}")
   size = values["image_size"]
   if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0):
-    raise ValueError(f"dataset.image_size must be a positive int or None, got {size!r}")
+    raise errors.ConfigError(f"dataset.image_size must be a positive int or None, got {size!r}")
   workers = values["num_workers"]
   if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0:
-    raise ValueError(f"dataset.num_workers must be an int >= 0, got {workers!r}")
+    raise errors.ConfigError(f"dataset.num_workers must be an int >= 0, got {workers!r}")
   if isinstance(values["split_seed"], bool) or not isinstance(values["split_seed"], (int, np.integer)):
-    raise ValueError(f"dataset.split_seed must be an int, got {values['split_seed']!r}")
+    raise errors.ConfigError(f"dataset.split_seed must be an int, got {values['split_seed']!r}")
   if source == "tfds" and values["loader"] == "pillow":
-    raise ValueError("dataset.loader 'pillow' cannot read dataset.source 'tfds' (the tfds cifar10 builder); "
+    raise errors.ConfigError("dataset.loader 'pillow' cannot read dataset.source 'tfds' (the tfds cifar10 builder); "
                      "use dataset.source 'folder' with the CIFAR-10 JPEG tree, or loader 'auto'/'tfds'")
   return values
 
@@ -160,7 +156,7 @@ def use_tfds(values: dict[str, Any]) -> bool:
   """Whether this config loads through tfds (resolving loader "auto")."""
   if values["source"] == "tfds" or values["loader"] == "tfds":
     if not image_io.tensorflow_available():
-      raise ValueError(f"dataset.loader {values['loader']!r} / dataset.source {values['source']!r} needs "
+      raise errors.ConfigError(f"dataset.loader {values['loader']!r} / dataset.source {values['source']!r} needs "
                        "tensorflow and tensorflow_datasets, which do not import; use dataset.loader 'pillow'")
     return True
   if values["loader"] == "pillow":
@@ -225,14 +221,14 @@ def cifar_style_ids(labels: np.ndarray, ids: np.ndarray, seed: int, *, database_
   """
   labels = np.asarray(labels)
   if labels.ndim != 1:
-    raise ValueError("the cifar10 protocols need single-label data (int labels [n])")
+    raise errors.DataError("the cifar10 protocols need single-label data (int labels [n])")
   rng = np.random.default_rng(seed)
   query, train, rest = [], [], []
   for c in np.unique(labels):
     members = np.sort(ids[labels == c])
     need = queries_per_class + train_per_class
     if len(members) < need:
-      raise ValueError(f"class {c} has {len(members)} images; the protocol draws {queries_per_class} queries "
+      raise errors.DataError(f"class {c} has {len(members)} images; the protocol draws {queries_per_class} queries "
                        f"and {train_per_class} training images per class ({need})")
     members = members[rng.permutation(len(members))]
     query.append(members[:queries_per_class])
@@ -262,7 +258,7 @@ def protocol_ids(name: str, labels: dict[str, np.ndarray], ids: dict[str, np.nda
     return cifar_style_ids(all_labels, all_ids, seed, database_includes_train=name == "cifar10-1")
   for needed in ("train", "test"):
     if needed not in ids:
-      raise ValueError(f"dataset.name {name!r} needs a {needed!r} split; the source has {sorted(ids)}")
+      raise errors.ConfigError(f"dataset.name {name!r} needs a {needed!r} split; the source has {sorted(ids)}")
   train = np.sort(ids["train"])
   query = np.sort(ids["test"])
   if name in ("cifar10-2", "folder"):
@@ -295,61 +291,6 @@ def _concat(splits: dict[str, Split]) -> Split:
 
 
 # --------------------------------------------------------------------------------------------------
-# splits.json
-
-
-def _record(values, ids: dict[str, np.ndarray], num_classes: int) -> dict[str, Any]:
-  return {
-      "protocol": values["name"],
-      "seed": int(values["split_seed"]),
-      "source": values["source"],
-      "root": values.get("root"),
-      "list_dir": values.get("list_dir"),
-      "image_size": values.get("image_size"),
-      "num_classes": int(num_classes),
-      "counts": {k: int(len(v)) for k, v in ids.items()},
-      "ids": {k: [int(i) for i in v] for k, v in ids.items()},
-  }
-
-
-def write_or_check_splits(workdir: str, record: dict[str, Any]) -> str:
-  """Writes `<workdir>/splits.json`, or checks an existing one equals `record`.
-
-  Returns:
-    The file's path.
-
-  Raises:
-    SplitMismatchError: the file records another protocol, seed, source or other ids.
-  """
-  path = os.path.join(workdir, SPLITS_FILE)
-  if os.path.exists(path):
-    with open(path, "r", encoding="utf-8") as f:
-      old = json.load(f)
-    for key in ("protocol", "seed", "source"):
-      if old.get(key) != record[key]:
-        raise SplitMismatchError(f"{path} records {key} {old.get(key)!r} but this run has {record[key]!r}; "
-                                 "use a new workdir or the recorded dataset settings")
-    for split in ("train", "query", "database"):
-      before = np.asarray(old.get("ids", {}).get(split, []), np.int64)
-      now = np.asarray(record["ids"][split], np.int64)
-      if not np.array_equal(before, now):
-        n = min(len(before), len(now))
-        diff = np.flatnonzero(before[:n] != now[:n])
-        at = int(diff[0]) if len(diff) else n
-        raise SplitMismatchError(
-            f"{path}: the recomputed {split!r} split differs from the recorded one ({len(before)} ids recorded, "
-            f"{len(now)} now, first difference at position {at}); the data or its bad-image skips changed. "
-            "Use a new workdir, or restore the data the run started with")
-    return path
-  os.makedirs(workdir, exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(record, f)
-  os.replace(tmp, path)
-  return path
-
-
-# --------------------------------------------------------------------------------------------------
 
 
 def _log_unlabelled(data: RetrievalData, name: str) -> None:
@@ -363,12 +304,11 @@ def _log_unlabelled(data: RetrievalData, name: str) -> None:
       logging.warning("dataset %s: %d of %d %s images have no label%s", name, missing, len(part), split, note)
 
 
-def load_retrieval_data(dataset_config, workdir: Optional[str] = None) -> RetrievalData:
+def load_retrieval_data(dataset_config) -> RetrievalData:
   """Loads a protocol's training set, queries and database (see the module docstring).
 
   Args:
     dataset_config: the `dataset` ConfigDict (keys in the module docstring).
-    workdir: where `splits.json` is written or checked; None skips that.
 
   Returns:
     The RetrievalData (uint8 NHWC images, int32 labels [n] or uint8 multi-hot [n, C], int64 ids).
@@ -380,7 +320,7 @@ def load_retrieval_data(dataset_config, workdir: Optional[str] = None) -> Retrie
     splits, num_classes = load_source(values)
     for split_name, part in splits.items():
       if not len(part):
-        raise ValueError(f"dataset {values['name']!r}: source split {split_name!r} has no usable image "
+        raise errors.DataError(f"dataset {values['name']!r}: source split {split_name!r} has no usable image "
                          "(every image was skipped)")
     if values["image_size"] is None:
       _check_same_size(splits)
@@ -393,22 +333,4 @@ def load_retrieval_data(dataset_config, workdir: Optional[str] = None) -> Retrie
                values["source"], values["split_seed"], len(data.train), len(data.query), len(data.database),
                data.num_classes)
   _log_unlabelled(data, values["name"])
-  if workdir is not None:
-    record_splits(workdir, dataset_config, data)
   return data
-
-
-def record_splits(workdir: str, dataset_config, data: RetrievalData) -> str:
-  """Writes or checks `<workdir>/splits.json` for `data`, loaded earlier with `dataset_config`.
-
-  For callers that load a protocol once and train several runs on it (`train_and_evaluate(data=...)`).
-
-  Returns:
-    The file's path.
-
-  Raises:
-    SplitMismatchError: the workdir recorded another protocol, seed, source or other ids.
-  """
-  values = validate_config(dataset_config)
-  ids = {"train": data.train.ids, "query": data.query.ids, "database": data.database.ids}
-  return write_or_check_splits(workdir, _record(values, ids, data.num_classes))

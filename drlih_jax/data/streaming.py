@@ -31,6 +31,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from drlih_jax import errors
 from drlih_jax.data import protocols
 
 AUGMENTS = ("", "crop_flip")
@@ -69,7 +70,7 @@ def _eligible_classes(labels, classes_per_batch: int, images_per_class: int) -> 
     members = [np.flatnonzero(labels[:, c] > 0) for c in range(labels.shape[1])]
   eligible = [m for m in members if len(m) >= images_per_class]
   if len(eligible) < classes_per_batch or images_per_class < 1:
-    raise ValueError(f"{classes_per_batch} classes per batch with {images_per_class} images each: only "
+    raise errors.DataError(f"{classes_per_batch} classes per batch with {images_per_class} images each: only "
                      f"{len(eligible)} classes have {images_per_class} training images")
   return eligible
 
@@ -88,9 +89,9 @@ def train_table(dataset_config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   from drlih_jax.data import tfds_sources  # pylint: disable=import-outside-toplevel  (imports TensorFlow)
   values = protocols.validate_config(dataset_config)
   if values["name"] == "digits":
-    raise ValueError("dataset.name 'digits' has no streaming mode (it is tiny: use the device-resident mode)")
+    raise errors.ConfigError("dataset.name 'digits' has no streaming mode (it is tiny: use the device-resident mode)")
   if values["source"] == "tfds" and values["image_size"] not in (None, 32):
-    raise ValueError("streaming from dataset.source 'tfds' keeps cifar10's 32x32 pixels: set "
+    raise errors.ConfigError("streaming from dataset.source 'tfds' keeps cifar10's 32x32 pixels: set "
                      "dataset.image_size None and resize in the augmentation (input.resize, input.crop)")
   parts = tfds_sources.encoded_splits(values)
   ids = protocols.protocol_ids(values["name"], {s: p[1] for s, p in parts.items()},
@@ -127,7 +128,7 @@ def make_train_iterator(config, process_index: int, process_count: int, start_st
   input_config = config.input
   augment = input_config.get("augment", "")
   if augment not in AUGMENTS:
-    raise ValueError(f"input.augment must be '' or 'crop_flip', got {augment!r}")
+    raise errors.ConfigError(f"input.augment must be '' or 'crop_flip', got {augment!r}")
   resize, crop = int(input_config.get("resize") or 0), int(input_config.get("crop") or 0)
   pad = int(input_config.get("crop_padding", 4))
   classes_per_batch = int(input_config.classes_per_batch)
@@ -135,7 +136,7 @@ def make_train_iterator(config, process_index: int, process_count: int, start_st
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, {process_count})")
   if classes_per_batch <= 0 or images_per_class <= 0 or classes_per_batch % process_count:
-    raise ValueError(f"input.classes_per_batch ({classes_per_batch}) must be positive and divisible by the "
+    raise errors.ConfigError(f"input.classes_per_batch ({classes_per_batch}) must be positive and divisible by the "
                      f"process count {process_count}, and input.images_per_class ({images_per_class}) positive")
   local_classes = classes_per_batch // process_count
   local_batch = local_classes * images_per_class
@@ -143,7 +144,7 @@ def make_train_iterator(config, process_index: int, process_count: int, start_st
   encoded, labels, ids = table if table is not None else train_table(config.dataset)
   m = len(ids) // process_count
   if m == 0:
-    raise ValueError(f"{len(ids)} training images cannot be split over {process_count} processes")
+    raise errors.DataError(f"{len(ids)} training images cannot be split over {process_count} processes")
   rows = slice(process_index * m, (process_index + 1) * m)
   encoded_t = tf.constant(encoded[rows])
   labels_t = tf.constant(labels[rows])

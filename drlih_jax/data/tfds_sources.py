@@ -16,6 +16,7 @@ from typing import Any, Optional
 import numpy as np
 import tensorflow_datasets as tfds
 
+from drlih_jax import errors
 from drlih_jax.data import folder_tree
 from drlih_jax.data import image_io
 from drlih_jax.data import image_lists
@@ -32,7 +33,7 @@ def cifar10_id(text: str) -> int:
   """The official tfds cifar10 `id` ("train_16399", "test_00042") as an int64 id (test offset 50,000)."""
   split, _, number = text.partition("_")
   if split not in ("train", "test") or not number.isdigit():
-    raise ValueError(f"unexpected tfds cifar10 id {text!r}")
+    raise errors.DataError(f"unexpected tfds cifar10 id {text!r}")
   return int(number) + (50_000 if split == "test" else 0)
 
 

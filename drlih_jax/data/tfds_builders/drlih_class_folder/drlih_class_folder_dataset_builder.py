@@ -7,6 +7,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from drlih_jax import errors
 from drlih_jax.data import folder_tree
 from drlih_jax.data import image_io
 from drlih_jax.data.tfds_builders import decode_config
@@ -83,5 +84,5 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         yield int(ids[i]), {"image": image_io.encode_png(image), "label": int(labels[i]), "id": int(ids[i]),
                             "path": rels[i]}
     if not kept:
-      raise ValueError(f"class-folder tree {tree.root}: source split {split!r} has no usable image (every "
+      raise errors.DataError(f"class-folder tree {tree.root}: source split {split!r} has no usable image (every "
                        "image was skipped)")

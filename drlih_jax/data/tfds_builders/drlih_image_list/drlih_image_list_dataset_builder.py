@@ -8,6 +8,7 @@ from typing import Optional
 import numpy as np
 import tensorflow_datasets as tfds
 
+from drlih_jax import errors
 from drlih_jax.data import image_io
 from drlih_jax.data import image_lists
 from drlih_jax.data.tfds_builders import decode_config
@@ -92,5 +93,5 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           kept += 1
           yield i, {"image": png, "label": index.labels[i], "id": i, "path": index.listed[i]}
     if not kept:
-      raise ValueError(f"list file {index.files[split].path}: source split {split!r} has no usable image "
+      raise errors.DataError(f"list file {index.files[split].path}: source split {split!r} has no usable image "
                        "(every image was skipped)")
