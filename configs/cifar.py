@@ -35,46 +35,36 @@ from configs import default
 
 
 def get_config():
-  """CIFAR-10 (cifar10-1, official tfds source), VGG-19-BN, objective "official", 32 bits."""
+  """CIFAR-10 (cifar10-1, official tfds source), VGG-19-BN, objective "official", 32 bits.
+
+  Only what differs from `configs/default.py` is set here.
+  """
   config = default.get_config()
   config.objective = "official"
 
   config.dataset.name = "cifar10-1"
   config.dataset.source = "tfds"                   # or "folder" with dataset.root = <root>/{train,test}/<class>/
-  config.dataset.root = ""
-  config.dataset.loader = "auto"
   config.dataset.mean = (0.485, 0.456, 0.406)      # ImageNet statistics, as the released code
   config.dataset.std = (0.229, 0.224, 0.225)
 
-  config.input.classes_per_batch = 6
-  config.input.images_per_class = 8                # 48 images per step = the released 16 triplets x 3
-  config.input.augment = ""                        # the crop + flip happen at 224 (below)
+  config.input.classes_per_batch = 6               # 6 x 8 = 48 images per step = the released 16 triplets x 3
   config.input.resize = 256                        # on-device bilinear resize of the 32x32 images
   config.input.crop = 224                          # random crop + flip in training, centre crop to encode
 
   config.model.backbone = "vgg19_bn"
   config.model.feature_dim = 4096
-  config.model.pretrained = ""                     # path to ImageNet vgg19_bn safetensors ("" = scratch)
-  config.model.dtype = "float32"                   # "bfloat16" for speed; parameters stay float32
+  # model.pretrained: path or gs:// URL of ImageNet vgg19_bn safetensors ("" = from scratch).
 
-  config.hash.bits = 32                            # the paper reports 12, 24, 32 and 48
-  config.hash.group = 1
+  config.hash.group = 1                            # one bit per step; the paper reports 12, 24, 32, 48 bits
   config.hash.eval_bits = ()                       # the paper trains each length separately
 
   config.rl.triplets_per_anchor = 1
-  config.rl.triplet_margin = 1.0
-  config.rl.official_lambda = 0.001
 
-  config.optim.name = "sgd"
+  config.optim.name = "sgd"                        # momentum 0.9, x0.1 every optim.decay_every = 10,000 steps
   config.optim.learning_rate = 1e-3
-  config.optim.momentum = 0.9
   config.optim.weight_decay = 5e-4
-  config.optim.decay_every = 10_000
-  config.optim.decay_factor = 0.1
-  config.optim.grad_clip = 0.0
 
   config.train.steps = 30_000
-  config.train.log_every = 100
   config.train.checkpoint_every = 2_000
   config.train.eval_batch_size = 256
   return config

@@ -128,7 +128,7 @@ def create_run(config, data: types.RetrievalData, mesh: jax.sharding.Mesh | None
   Returns:
     The Run.
   """
-  validation.validate(config)
+  validation.validate(config, training=training)
   mesh = mesh or sharding.make_mesh(config.get("mesh_devices", 0))
   num_devices = mesh.size
   batch = global_batch_size(config, num_devices)

@@ -118,31 +118,36 @@ def train_step(state: TrainState, batch, rng, *, model, tx, config):
   return new_state, metrics
 
 
-def device_resident_train_step(state: TrainState, data: input_pipeline.DeviceData, rng, *, model, tx, config,
-                               batch_sharding=None, batch_size: int | None = None):
-  """Draws the batch on the device from the resident split, then runs `train_step`.
+def draw_batch(rng, data: input_pipeline.DeviceData, config, batch_size: int | None = None):
+  """A class-balanced, augmented, normalised batch drawn on the device: {"image", "label"}.
 
-  With `input.resize` set, the drawn (normalised) batch is resized on the device and, with `input.crop`,
-  randomly cropped and flipped (`resize.train_view`). `batch_size` other than classes_per_batch x
-  images_per_class (a global batch rounded up to the device count, see `run.global_batch_size`) draws
-  ceil(batch_size / classes_per_batch) images per class and keeps the first `batch_size` in member-major
-  order, so every class keeps at least floor(batch_size / classes_per_batch) images.
+  With `input.resize` set, the drawn batch is resized on the device and, with `input.crop`, randomly cropped
+  and flipped (`resize.train_view`). `batch_size` other than classes_per_batch x images_per_class (a global
+  batch rounded up to the device count, see `run.global_batch_size`) draws ceil(batch_size /
+  classes_per_batch) images per class and keeps the first `batch_size` in member-major order, so every
+  class keeps at least floor(batch_size / classes_per_batch) images.
   """
-  batch_key, step_key = jax.random.split(rng)
   input_config = config.input
   classes = input_config.classes_per_batch
-  if batch_size is not None and batch_size != input_pipeline.batch_size(input_config):
+  rounded = batch_size is not None and batch_size != input_pipeline.batch_size(input_config)
+  if rounded:
     input_config = ml_collections.ConfigDict(dict(input_config.to_dict(),
                                                   images_per_class=-(-batch_size // classes)))
-  batch = input_pipeline.sample_batch(batch_key, data, input_config, config.dataset)
+  batch = input_pipeline.sample_batch(rng, data, input_config, config.dataset)
   batch = {"image": batch["image"], "label": batch["label"]}
-  if batch_size is not None and batch_size != input_pipeline.batch_size(input_config):
+  if rounded:
     member_major = lambda x: jnp.swapaxes(x.reshape(classes, -1, *x.shape[1:]), 0, 1).reshape(x.shape)
     batch = jax.tree.map(lambda x: member_major(x)[:batch_size], batch)
-  images = batch["image"]
   if config.input.get("resize"):
-    images = resize_lib.train_view(jax.random.fold_in(batch_key, 1), images, config.input)
-  batch = {"image": images, "label": batch["label"]}
+    batch["image"] = resize_lib.train_view(jax.random.fold_in(rng, 1), batch["image"], config.input)
+  return batch
+
+
+def device_resident_train_step(state: TrainState, data: input_pipeline.DeviceData, rng, *, model, tx, config,
+                               batch_sharding=None, batch_size: int | None = None):
+  """Draws the batch on the device from the resident split (`draw_batch`), then runs `train_step`."""
+  batch_key, step_key = jax.random.split(rng)
+  batch = draw_batch(batch_key, data, config, batch_size)
   if batch_sharding is not None:
     batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
   return train_step(state, batch, step_key, model=model, tx=tx, config=config)

@@ -327,7 +327,7 @@ def _train_loop(run, state, step, data, workdir, checkpoints, writer, progress):
 def _open_recorded_run(workdir, overrides, config, step, data):
   """Config, checkpoints, data and restored parameters of the recorded run in `workdir` (nothing written)."""
   config, run_config = run_record.config_for_evaluation(workdir, overrides or {}, config)
-  validation.validate(config)
+  validation.validate(config, training=False)
   checkpoints = checkpointing.Checkpoints(workdir, config.train.keep_checkpoints, read_only=True)
   available = checkpoints.steps()
   if not available:

@@ -42,11 +42,16 @@ def check_train_config(config) -> None:
     raise errors.ConfigError(f"train.stop_window must lie in (0, 1), got {train.stop_window!r}")
 
 
-def validate(config) -> None:
-  """Raises ConfigError (or MissingExtraError) naming the first offending key."""
+def validate(config, training: bool = True) -> None:
+  """Raises ConfigError (or MissingExtraError) naming the first offending key.
+
+  Args:
+    config: the ConfigDict.
+    training: False for evaluation and encoding, which never read `model.pretrained`.
+  """
   check_train_config(config)
   losses.check_config(config)
-  models.check_config(config)
+  models.check_config(config, training=training)
   optim.check_config(config.optim)
   input_pipeline.check_config(config)
   evaluate.check_config(config)

@@ -1,5 +1,6 @@
 """Data parallelism, multi-process training, preemption and guarded training (CPU, subprocesses)."""
 
+import json
 import os
 import random
 import re
@@ -183,3 +184,41 @@ def test_nonfinite_updates_are_skipped_then_stop(tmp_path, caplog):
     with pytest.raises(FloatingPointError, match="3 non-finite updates in a row"):
       train.train_and_evaluate(config, str(tmp_path))
   assert sum("update skipped" in r.getMessage() for r in caplog.records) == 3
+
+
+def test_global_batch_rounds_up_to_the_device_count():
+  from drlih_jax import configuration  # pylint: disable=g-import-not-at-top
+  from drlih_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  cifar = configuration.load_file(os.path.join(REPO, "configs", "cifar.py"))  # 6 classes x 8 = 48
+  assert [run_lib.global_batch_size(cifar, d) for d in (1, 4, 8, 16, 32, 64, 256)] == [48, 48, 48, 48, 64, 64,
+                                                                                          256]
+  assert [run_lib.eval_batch_size(cifar, d) for d in (3, 64)] == [258, 256]  # eval_batch_size 256
+
+
+def test_rounded_batch_keeps_every_class_balanced():
+  """48 images of 6 classes rounded to 50: 9 per class drawn, 50 kept, each class keeps 8 or 9, no repeats."""
+  config = test_train.small_config(**{"input.classes_per_batch": 6, "input.images_per_class": 8})
+  from drlih_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from drlih_jax.data import protocols  # pylint: disable=g-import-not-at-top
+  data = protocols.load_retrieval_data(config.dataset)
+  config.input.images_per_class = 9
+  device = input_pipeline.to_device(data.train, data.num_classes, config.input)
+  config.input.images_per_class = 8
+  batch = steps_lib.draw_batch(jax.random.key(3), device, config, batch_size=50)
+  labels = np.asarray(batch["label"])
+  assert batch["image"].shape[0] == 50
+  counts = sorted(np.bincount(labels, minlength=10)[np.unique(labels)])
+  assert len(counts) == 6 and counts == [8, 8, 8, 8, 9, 9], counts
+  # The same draw without rounding is the plain 6 x 8 batch.
+  plain = steps_lib.draw_batch(jax.random.key(3), device, config)
+  assert plain["image"].shape[0] == 48 and sorted(np.bincount(np.asarray(plain["label"]))[
+      np.unique(np.asarray(plain["label"]))]) == [8] * 6
+
+
+def test_three_devices_train_and_evaluate_with_an_indivisible_batch(tmp_path):
+  """Batch 80 and eval batch 512 on 3 devices: rounded to 81 and 513, logged, trained and evaluated."""
+  proc = _run(tmp_path / "run", tmp_path / "run.npz", "train.steps=4", "train.checkpoint_every=4",
+              "train.log_every=2", "mesh_devices=3", devices=8)
+  assert "is not a multiple of the 3 devices: training uses 81" in proc.stderr
+  with open(tmp_path / "run" / "eval_4.json") as f:
+    assert json.load(f)["num_queries"] == 360

@@ -24,8 +24,12 @@ def _positive_int(key: str, value) -> None:
     raise errors.ConfigError(f"{key} must be a positive int, got {value!r}")
 
 
-def check_config(config) -> None:
-  """Checks the `model` and `hash` blocks (and `objective`'s demand on them); raises ConfigError naming the key."""
+def check_config(config, training: bool = True) -> None:
+  """Checks the `model` and `hash` blocks (and `objective`'s demand on them); raises ConfigError naming the key.
+
+  `model.pretrained` (the file and the safetensors package) is checked only for training: evaluation never
+  reads it.
+  """
   model, hash_config = config.model, config.hash
   if model.backbone not in BACKBONES:
     raise errors.ConfigError(f"model.backbone must be one of {BACKBONES}, got {model.backbone!r}")
@@ -51,7 +55,7 @@ def check_config(config) -> None:
   if config.objective == "official" and group != 1:
     raise errors.ConfigError(f"objective 'official' emits one bit per step: hash.group must be 1, got {group}")
   pretrained = model.get("pretrained", "") or ""
-  if pretrained:
+  if pretrained and training:
     if model.backbone != "vgg19_bn":
       raise errors.ConfigError(f"model.pretrained={pretrained!r} holds vgg19_bn weights but "
                                f"model.backbone={model.backbone!r}")
