@@ -31,6 +31,7 @@ import numpy as np
 
 from drlih_jax import errors
 from drlih_jax import metrics
+from drlih_jax import reports
 from drlih_jax import sharding as sharding_lib
 
 PRECISION_KS = (100, 500, 1000)
@@ -171,7 +172,6 @@ def write_report(workdir, name: str, step: int, report: dict, config, data=None,
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(payload, indent=1, sort_keys=True))
   if plots and data is not None:
-    from drlih_jax import reports  # pylint: disable=g-import-not-at-top  (matplotlib loads slowly)
     plot_dir = epath.Path(workdir) / name
     plot_dir.mkdir(parents=True, exist_ok=True)
     reports.write_plots(report, str(plot_dir))

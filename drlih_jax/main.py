@@ -19,9 +19,12 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 
 from drlih_jax import configuration
+from drlih_jax import distributed
 from drlih_jax import errors
+from drlih_jax import train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "Config file (FILE or FILE:ARG); required to train, optional to eval/encode.")
@@ -81,8 +84,6 @@ def _initialize_distributed():
   A contradictory or incomplete set of --distributed/--coordinator_address/--num_processes/--process_id
   flags ends the program with one line on stderr and exit status 2, before anything is written.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from drlih_jax import distributed  # pylint: disable=g-import-not-at-top
   try:
     distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id)
@@ -97,7 +98,6 @@ def run(argv: list[str]) -> None:
   """Runs the mode selected by the flags; `argv[1:]` are the `--config.KEY=VALUE` overrides."""
   _, overrides = configuration.split_override_args(argv[1:])
   config_file = configuration.load_file(FLAGS.config) if FLAGS.config else None
-  from drlih_jax import train  # pylint: disable=g-import-not-at-top  (JAX starts here, after the flags)
   _initialize_distributed()
   if FLAGS.mode == "train":
     if FLAGS.step is not None:

@@ -35,6 +35,7 @@ from drlih_jax import run_record
 from drlih_jax import summary
 from drlih_jax import validation
 from drlih_jax.data import protocols
+from drlih_jax.data import streaming
 
 SPLITS = ("query", "database", "train")
 
@@ -172,7 +173,6 @@ def _input_feed(run: run_lib.Run, data, start_step: int):
   if run.config.input.get("mode", "resident") == "resident":
     device_data = run.device_data(data)
     return lambda state: run.train_step(state, device_data, run.train_key)
-  from drlih_jax.data import streaming  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
   iterator = streaming.make_train_iterator(run.config, jax.process_index(), jax.process_count(), start_step)
 
   def next_step(state):
