@@ -218,3 +218,16 @@ def test_published_files_hold_no_machine_local_paths():
     with open(os.path.join(REPO, name), encoding="utf-8") as f:
       found = pattern.findall(f.read())
     assert not found, (name, found)
+
+
+def test_notes_cite_only_numbers_that_the_rendered_tables_or_a_quoted_output_hold():
+  """Every measured number (3+ decimals) in bench/results_notes.md is in a table rendered from the JSON."""
+  with open(os.path.join(REPO, "RESULTS.md"), encoding="utf-8") as f:
+    text = f.read()
+  with open(os.path.join(REPO, "bench", "results_notes.md"), encoding="utf-8") as f:
+    notes = f.read()
+  rendered = text[:text.index(notes.splitlines()[0])]
+  quoted = "\n".join(line for line in notes.splitlines() if line.startswith("# "))  # outputs in code blocks
+  numbers = set(re.findall(r"(?<![\d.])\d\.\d{3,}", notes))
+  assert len(numbers) > 20
+  assert sorted(n for n in numbers if n not in rendered and n not in quoted) == []
