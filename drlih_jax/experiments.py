@@ -243,10 +243,15 @@ def run_features(spec: RunSpec, config, data, step: int) -> dict[str, np.ndarray
   eval_config, _ = run_record.config_for_evaluation(spec.workdir, location, config)
   run = run_lib.create_run(eval_config, data, training=False)
   state = run_lib.restore(run, spec.workdir, step=step, params_only=True).state
+  return per_split(data, lambda images: run.features(state, images))
+
+
+def per_split(data, fn) -> dict[str, np.ndarray]:
+  """{split: fn(images)} for train/query/database, computed once for splits of the same images (cifar10-2)."""
   out = {}
   for split in SPLITS:
     same = [s for s in out if np.array_equal(getattr(data, s).ids, getattr(data, split).ids)]
-    out[split] = out[same[0]] if same else run.features(state, getattr(data, split).images)
+    out[split] = out[same[0]] if same else fn(getattr(data, split).images)
   return out
 
 
@@ -465,7 +470,7 @@ def run_all(args, argv: Sequence[str]) -> int:
       def compute(seed=seed):
         nonlocal pixels, reduced
         if pixels is None:
-          pixels = {s: pixel_features(getattr(data, s).images) for s in SPLITS}
+          pixels = per_split(data, pixel_features)
           reduced = baselines_lib.pca_reduce(pixels, PIXEL_PCA_DIMS) if "itq" in args.baseline_list else None
         return {"entries": fit_and_evaluate(pixels, data, args.bit_list, args.baseline_list, seed, order, reduced)}
       key = {"name": f"pixels_s{seed}", "features": "pixels", "seed": seed, "bits": args.bit_list,
