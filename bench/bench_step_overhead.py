@@ -4,8 +4,10 @@ Times one DRLIH training step three ways on the same model and batch size:
   synthetic:  a fixed, already-normalised batch on the device, plain `jax.jit` (the floor);
   resident:   the batch drawn, augmented and normalised inside the step from a uint8 split resident on
               the device (`steps.device_resident_train_step`), plain `jax.jit`;
-  sharded:    as resident, through the ("data",) mesh path `train.py` uses (replicated state, batch
-              sharding constraint), on a mesh of `--devices` devices (1 by default).
+  sharded:    as resident, through the ("data",) mesh path training uses: `run.create_run(config, data)`'s
+              own `train_step` (replicated state, batch sharding constraint, the step's key folded from
+              the state's step), on a mesh of `--devices` devices (1 by default).
+The model, optimiser and initial state of every variant are the Run's (`drlih_jax/run.py`).
 Each variant is compiled and warmed (`--warmup` steps); then the variants are timed round-robin,
 `--repeats` rounds of `--steps` steps each, and the median per-step time is reported.
 
@@ -22,17 +24,13 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top
-import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
-from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from configs import default as default_config  # pylint: disable=g-import-not-at-top
 from drlih_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-from drlih_jax import models  # pylint: disable=g-import-not-at-top
-from drlih_jax import optim  # pylint: disable=g-import-not-at-top
+from drlih_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+from drlih_jax import sharding  # pylint: disable=g-import-not-at-top
 from drlih_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
-from drlih_jax import train  # pylint: disable=g-import-not-at-top
 from drlih_jax.data import types  # pylint: disable=g-import-not-at-top
 
 
@@ -44,6 +42,7 @@ def make_config(small: bool, objective: str, dtype: str):
   config.dataset.mean = (0.49, 0.48, 0.45)
   config.dataset.std = (0.25, 0.24, 0.26)
   config.input.augment = "crop_flip"
+  config.train.steps = 10_000  # the optimiser's schedule length
   if small:
     config.model.widths = (16, 32)
     config.model.blocks_per_stage = 1
@@ -101,38 +100,34 @@ def main():
   args = parser.parse_args()
 
   config = make_config(args.small, args.objective, args.dtype)
-  batch = input_pipeline.batch_size(config.input)
   rng = np.random.default_rng(0)
   n = args.images if not args.small else 2_000
   split = types.Split(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), np.arange(n, dtype=np.int32) % 10,
                       np.arange(n, dtype=np.int64))
-  model = models.create_model(config)
-  tx = optim.create_optimizer(config.optim, 10_000)
+  data = types.RetrievalData(train=split, query=split, database=split, num_classes=10)
+  # The run as training assembles it: model, optimiser, initial state and its jitted step on the mesh.
+  run = run_lib.create_run(config, data, mesh=sharding.make_mesh(args.devices))
+  batch = run.batch_size
   key = jax.random.key(0)
 
-  def fresh_state():
-    return steps_lib.create_train_state(key, model, tx, (32, 32, 3), config)
+  def fresh_state():  # Each variant donates its own copy.
+    return jax.tree.map(lambda x: x.copy(), run.initial_state)
 
-  bound = dict(model=model, tx=tx, config=config)
+  bound = dict(model=run.model, tx=run.tx, config=config)
 
   # synthetic: a fixed normalised batch already on the device.
-  data = input_pipeline.to_device(split, 10, config.input)
+  data_on_device = input_pipeline.to_device(split, 10, config.input)
   sample = jax.jit(functools.partial(input_pipeline.sample_batch, input_config=config.input,
                                      dataset_config=config.dataset))
-  fixed = sample(jax.random.key(1), data)
+  fixed = sample(jax.random.key(1), data_on_device)
   fixed = {"image": fixed["image"], "label": fixed["label"]}
   synthetic = jax.jit(functools.partial(steps_lib.train_step, **bound), donate_argnums=0)
   resident = jax.jit(functools.partial(steps_lib.device_resident_train_step, **bound), donate_argnums=0)
-  mesh = train.make_mesh(args.devices)
-  replicated = NamedSharding(mesh, P())
-  sharded_fn = jax.jit(functools.partial(steps_lib.device_resident_train_step, **bound,
-                                         batch_sharding=NamedSharding(mesh, P("data"))), donate_argnums=0)
-  sharded_data = input_pipeline.to_device(split, 10, config.input, replicated)
+  # sharded: the run's own step (resident draw, batch sharded over the ("data",) mesh, key from the step).
   variants = [
       ("synthetic", synthetic, fresh_state(), (fixed, key)),
-      ("resident", resident, fresh_state(), (data, key)),
-      (f"sharded ({mesh.size} dev)", sharded_fn, jax.device_put(fresh_state(), replicated),
-       (sharded_data, jax.device_put(key, replicated))),
+      ("resident", resident, fresh_state(), (data_on_device, key)),
+      (f"sharded ({run.mesh.size} dev)", run.train_step, fresh_state(), (run.device_data(data), run.train_key)),
   ]
   rows = time_interleaved(variants, args.steps, args.warmup, args.repeats)
 

@@ -20,53 +20,21 @@ with VGG's 2x2 max pool written as a reshape + max (`vgg.max_pool_2x2`, now the 
 images/s (76.2 ms/step, MFU 41.1%), drlih 3,467 (73.8 ms, 41.4%); with `nn.max_pool` it was 2,942 and 3,004.
 See BENCHMARKS.md.
 
-Imports neither TensorFlow nor tensorflow_datasets. ml_collections is used when installed; otherwise a
-minimal stand-in (attribute dict) is installed so that the config files load.
+The step is assembled as training assembles it, by `run.create_run(config, data)` (`drlih_jax/run.py`):
+model, optimiser, initial state, the device-resident split and the jitted, donated `train_step` whose key
+is folded from the state's step. Imports neither TensorFlow nor tensorflow_datasets.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 import time
-import types
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
-
-
-class _ConfigDict(dict):
-  """Stand-in for ml_collections.ConfigDict: attribute access and `.get` over a dict."""
-
-  def __getattr__(self, key):
-    try:
-      return self[key]
-    except KeyError as e:
-      raise AttributeError(key) from e
-
-  def __setattr__(self, key, value):
-    self[key] = value
-
-
-def _ensure_ml_collections() -> str:
-  """Imports ml_collections, or installs the stand-in. Returns which one is used."""
-  try:
-    import ml_collections  # pylint: disable=g-import-not-at-top,unused-import
-    return "ml_collections"
-  except ImportError:
-    pass
-  module = types.ModuleType("ml_collections")
-  module.ConfigDict = _ConfigDict
-  config_dict = types.ModuleType("ml_collections.config_dict")
-  config_dict.placeholder = lambda *args, **kwargs: None
-  config_dict.ConfigDict = _ConfigDict
-  module.config_dict = config_dict
-  sys.modules["ml_collections"] = module
-  sys.modules["ml_collections.config_dict"] = config_dict
-  return "stand-in (ml_collections not installed)"
 
 
 def build_config(objective: str, args, batch: int):
@@ -115,49 +83,34 @@ def model_flops_per_image(config, image_size: int) -> float | None:
 def run_one(objective: str, batch: int, args):
   """Compiles and times one configuration; returns a result row (dict)."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from drlih_jax import config_validation  # pylint: disable=g-import-not-at-top
-  from drlih_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from drlih_jax import models  # pylint: disable=g-import-not-at-top
-  from drlih_jax import optim  # pylint: disable=g-import-not-at-top
-  from drlih_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from drlih_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  from drlih_jax.data import types  # pylint: disable=g-import-not-at-top
 
   config = build_config(objective, args, batch)
-  config_validation.validate(config)
-  model = models.create_model(config)
-  tx = optim.create_optimizer(config.optim, config.train.steps)
-  key = jax.random.key(args.seed)
-  init_key, data_key, step_key = jax.random.split(key, 3)
-
-  # Random uint8 training split, resident on the device: --classes-total classes of --per-class images.
+  config.seed = args.seed
+  # Random uint8 training split: --classes-total classes of --per-class images (queries/database unused).
   n_classes = max(args.classes_total, args.classes)
   per_class = max(args.per_class, config.input.images_per_class)
   s = args.source_size
-  images = jax.jit(lambda k: jax.random.randint(k, (n_classes * per_class, s, s, 3), 0, 256, jnp.int32)
-                   .astype(jnp.uint8))(data_key)
-  labels = jnp.repeat(jnp.arange(n_classes, dtype=jnp.int32), per_class)
-  table, sizes = input_pipeline.class_membership(jax.device_get(labels), n_classes)
-  data = input_pipeline.DeviceData(images=images, labels=labels, class_members=jnp.asarray(table),
-                                   class_sizes=jnp.asarray(sizes))
-
-  image_shape = (args.image_size, args.image_size, 3)
-  state = jax.jit(functools.partial(steps_lib.create_train_state, model=model, tx=tx, image_shape=image_shape,
-                                    config=config))(init_key)
-
-  def keyed_step(state, data, base_key):
-    rng = jax.random.fold_in(base_key, state.step)
-    return steps_lib.device_resident_train_step(state, data, rng, model=model, tx=tx, config=config)
+  rng = np.random.default_rng(args.seed)
+  split = types.Split(rng.integers(0, 256, (n_classes * per_class, s, s, 3), dtype=np.uint8),
+                      np.repeat(np.arange(n_classes, dtype=np.int32), per_class),
+                      np.arange(n_classes * per_class, dtype=np.int64))
+  data = types.RetrievalData(train=split, query=split, database=split, num_classes=n_classes)
+  run = run_lib.create_run(config, data)
+  state, device_data = run.initial_state, run.device_data(data)
 
   t0 = time.perf_counter()
-  compiled = jax.jit(keyed_step, donate_argnums=0).lower(state, data, step_key).compile()
+  compiled = run.train_step.lower(state, device_data, run.train_key).compile()
   compile_s = time.perf_counter() - t0
 
   for _ in range(args.warmup):
-    state, metrics = compiled(state, data, step_key)
+    state, metrics = compiled(state, device_data, run.train_key)
   jax.block_until_ready((state, metrics))
   t0 = time.perf_counter()
   for _ in range(args.steps):
-    state, metrics = compiled(state, data, step_key)
+    state, metrics = compiled(state, device_data, run.train_key)
   jax.block_until_ready((state, metrics))
   elapsed = time.perf_counter() - t0
 
@@ -165,7 +118,7 @@ def run_one(objective: str, batch: int, args):
     trace_dir = os.path.join(args.profile, f"{objective}_b{batch}")
     with jax.profiler.trace(trace_dir):
       for _ in range(3):
-        state, metrics = compiled(state, data, step_key)
+        state, metrics = compiled(state, device_data, run.train_key)
       jax.block_until_ready((state, metrics))
 
   step_s = elapsed / args.steps
@@ -230,10 +183,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
   args = parse_args(argv)
-  which = _ensure_ml_collections()
   import jax  # pylint: disable=g-import-not-at-top
-  print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.default_backend()}); config: {which}",
-        flush=True)
+  print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.default_backend()})", flush=True)
   objectives = ["official", "drlih"] if args.objective == "both" else [args.objective]
   batches = [int(b) for b in str(args.batch).split(",") if b]
   rows = []

@@ -15,7 +15,7 @@ The text after ':' is a comma-separated list of tokens (any order, each optional
   for unit tests on a handful of images).
 
 Data: `dataset.source = "folder"` over the CIFAR-10 JPEG class-folder tree (`<root>/{train,test}/<class>/
-*.jpg`, e.g. `../shared/data/cifar10-jpeg.tar.gz` extracted; `bench/reproduce.py` extracts it for you),
+*.jpg`, e.g. `../shared/data/cifar10-jpeg.tar.gz` extracted; `drlih_jax/experiments.py` extracts it for you),
 read with Pillow (`dataset.loader = "pillow"`: no TensorFlow needed). That copy is lossy re-encoded
 (quality-75 JPEG, 4:2:0 chroma), so mAP is close to, not identical with, a number on the original pixels.
 
