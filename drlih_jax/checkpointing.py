@@ -34,7 +34,9 @@ _ITEMS = ("model", "opt", "meta")
 
 
 def checkpoint_dir(workdir) -> epath.Path:
-  return epath.Path(workdir) / CHECKPOINT_DIR
+  """`<workdir>/checkpoints`, absolute for local paths (orbax's tensorstore layer refuses relative ones)."""
+  path = epath.Path(workdir) / CHECKPOINT_DIR
+  return path if "://" in str(path) else path.resolve()
 
 
 @dataclasses.dataclass(frozen=True)

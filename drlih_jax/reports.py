@@ -54,6 +54,37 @@ def _sorted_lengths(mapping: Mapping) -> list:
   return sorted(mapping, key=lambda key: int(key))
 
 
+def _line_plot(lines, path, *, title: str, xlabel: str, ylabel: str, marker: str, xlim=None, xticks=None) -> str:
+  """One line per (label, xs, ys) in `lines` on a [0, 1.02] y-axis, with grid and legend; saved to `path`."""
+  fig, ax = new_figure()
+  for label, xs, ys in lines:
+    ax.plot(xs, ys, marker=marker, label=label)
+  if xticks is not None:
+    ax.set_xticks(xticks)
+  if xlim is not None:
+    ax.set_xlim(*xlim)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_ylim(0, 1.02)
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  return save_figure(fig, path)
+
+
+def _paired_curves(curves: Mapping, what: str, first: str, second: str):
+  """[(bits, first array, second array)] in length order, checking the two arrays agree in shape."""
+  if not curves:
+    raise ValueError(f"{what}: no curves given")
+  out = []
+  for bits in _sorted_lengths(curves):
+    a, b = (np.asarray(v, np.float64) for v in curves[bits])
+    if a.shape != b.shape:
+      raise ValueError(f"{what}: {bits} bits: {first} {a.shape} and {second} {b.shape} differ in shape")
+    out.append((bits, a, b))
+  return out
+
+
 def plot_pr_curves(curves: Mapping[int, tuple[Sequence[float], Sequence[float]]], path: str,
                    title: str = "Precision-recall over Hamming radius") -> str:
   """Precision against recall, one line per code length.
@@ -66,23 +97,9 @@ def plot_pr_curves(curves: Mapping[int, tuple[Sequence[float], Sequence[float]]]
   Returns:
     path.
   """
-  if not curves:
-    raise ValueError("plot_pr_curves: no curves given")
-  fig, ax = new_figure()
-  for bits in _sorted_lengths(curves):
-    precision, recall = (np.asarray(a, np.float64) for a in curves[bits])
-    if precision.shape != recall.shape:
-      raise ValueError(f"plot_pr_curves: {bits} bits: precision {precision.shape} and recall "
-                       f"{recall.shape} differ in shape")
-    ax.plot(recall, precision, marker=".", label=f"{bits} bits")
-  ax.set_xlabel("recall")
-  ax.set_ylabel("precision")
-  ax.set_xlim(0, 1.02)
-  ax.set_ylim(0, 1.02)
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  ax.legend()
-  return save_figure(fig, path)
+  lines = [(f"{bits} bits", recall, precision)
+           for bits, precision, recall in _paired_curves(curves, "plot_pr_curves", "precision", "recall")]
+  return _line_plot(lines, path, title=title, xlabel="recall", ylabel="precision", marker=".", xlim=(0, 1.02))
 
 
 def plot_precision_at_k(curves: Mapping[int, tuple[Sequence[int], Sequence[float]]], path: str,
@@ -97,23 +114,11 @@ def plot_precision_at_k(curves: Mapping[int, tuple[Sequence[int], Sequence[float
   Returns:
     path.
   """
-  if not curves:
-    raise ValueError("plot_precision_at_k: no curves given")
-  fig, ax = new_figure()
-  for bits in _sorted_lengths(curves):
-    ks, values = (np.asarray(a, np.float64) for a in curves[bits])
-    if ks.shape != values.shape:
-      raise ValueError(f"plot_precision_at_k: {bits} bits: {ks.shape[0]} ks but "
-                       f"{values.shape[0]} values")
+  lines = []
+  for bits, ks, values in _paired_curves(curves, "plot_precision_at_k", "ks", "values"):
     order = np.argsort(ks)
-    ax.plot(ks[order], values[order], marker="o", label=f"{bits} bits")
-  ax.set_xlabel("k (retrieved items)")
-  ax.set_ylabel("precision@k")
-  ax.set_ylim(0, 1.02)
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  ax.legend()
-  return save_figure(fig, path)
+    lines.append((f"{bits} bits", ks[order], values[order]))
+  return _line_plot(lines, path, title=title, xlabel="k (retrieved items)", ylabel="precision@k", marker="o")
 
 
 def plot_map_vs_bits(series: Mapping[str, Mapping[int, float]], path: str,
@@ -130,20 +135,13 @@ def plot_map_vs_bits(series: Mapping[str, Mapping[int, float]], path: str,
   """
   if not series:
     raise ValueError("plot_map_vs_bits: no series given")
-  fig, ax = new_figure()
-  all_bits = set()
+  lines, all_bits = [], set()
   for label, values in series.items():
     bits = _sorted_lengths(values)
     all_bits.update(int(b) for b in bits)
-    ax.plot([int(b) for b in bits], [float(values[b]) for b in bits], marker="o", label=label)
-  ax.set_xticks(sorted(all_bits))
-  ax.set_xlabel("code length (bits)")
-  ax.set_ylabel("mAP")
-  ax.set_ylim(0, 1.02)
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  ax.legend()
-  return save_figure(fig, path)
+    lines.append((label, [int(b) for b in bits], [float(values[b]) for b in bits]))
+  return _line_plot(lines, path, title=title, xlabel="code length (bits)", ylabel="mAP", marker="o",
+                    xticks=sorted(all_bits))
 
 
 def write_plots(report: Mapping, out_dir: str) -> list[str]:

@@ -67,10 +67,6 @@ class MetricWriter:
     for name, value in values.items():
       self._writer.add_scalar(name, float(value), int(step))
 
-  def flush(self) -> None:
-    if self._writer is not None:
-      self._writer.flush()
-
   def close(self) -> None:
     if self._writer is not None:
       self._writer.close()

@@ -42,37 +42,31 @@ def test_bad_command_lines_fail_in_one_line(tmp_path):
   _recorded_run(recorded, splits=True)
   weights = tmp_path / "vgg.safetensors"
   weights.write_bytes(b"not read: the missing package is reported first")
-  cases = {
-      "unknown key": ([f"--config={DIGITS}", f"--workdir={new}", "--config.hash.bitz=3"], 1,
-                      "error: unknown config key 'hash.bitz'; did you mean 'hash.bits'?"),
-      "unknown top-level key": ([f"--config={DIGITS}", f"--workdir={new}", "--config.objectiv=triplet"], 1,
-                                "did you mean 'objective'?"),
-      "bad mode": ([f"--config={DIGITS}", f"--workdir={new}", "--mode=nonsense"], 2,
-                   "error: flag --mode=nonsense: value should be one of <train|eval|encode>"),
-      "bad split": ([f"--workdir={recorded}", "--mode=encode", "--split=nonsense"], 2,
-                    "error: flag --split=nonsense: value should be one of <query|database|train>"),
-      "no config to train": ([f"--workdir={new}"], 2, "error: --config is required to train"),
-      "no workdir": ([f"--config={DIGITS}"], 2, "error: --workdir is required"),
-      "stray argument": ([f"--config={DIGITS}", f"--workdir={new}", "extra"], 2, "error: unexpected arguments"),
-      "bad value type": ([f"--config={DIGITS}", f"--workdir={new}", "--config.train.steps=many"], 1,
-                         "error: --config.train.steps=many: expected an integer"),
-      "bad enum value": ([f"--config={DIGITS}", f"--workdir={new}", "--config.model.cell=transformer"], 1,
-                         "error: model.cell must be one of"),
-      "bad eval_bits": ([f"--config={DIGITS}", f"--workdir={new}", "--config.hash.eval_bits=(12,40)"], 1,
-                        "error: hash.eval_bits [40] must lie in 1..hash.bits=32"),
-      "missing config file": ([f"--config={tmp_path}/nope.py", f"--workdir={new}"], 1,
-                              "error: --config="),
-      "partial coordinator flags": ([f"--config={DIGITS}", f"--workdir={new}", "--num_processes=2"], 2,
-                                    "error: "),
-      "refused resume key": ([f"--config={DIGITS}", f"--workdir={recorded}", "--config.hash.bits=16",
-                              "--config.hash.eval_bits=(8,)"], 1,
-                             "hash.bits: recorded 32, now 16"),
-      "split mismatch": ([f"--config={DIGITS}", f"--workdir={recorded}", "--config.dataset.loader=pillow"], 1,
-                         "splits.json: the recomputed 'train' split differs from the recorded one"),
-      "eval override": ([f"--workdir={recorded}", "--mode=eval", "--config.model.hidden=8"], 1,
-                        "error: --config.model.hidden cannot change when evaluating a recorded run"),
-      "eval without checkpoint": ([f"--workdir={recorded}", "--mode=eval"], 1, "error: no checkpoint found in"),
-  }
+  # name | exit status | arguments ({train_new}: train with digits into a new workdir) | the stderr line has
+  table = """
+  unknown key | 1 | {train_new} --config.hash.bitz=3 | error: unknown config key 'hash.bitz'; did you mean 'hash.bits'?
+  unknown top-level key | 1 | {train_new} --config.objectiv=triplet | did you mean 'objective'?
+  bad mode | 2 | {train_new} --mode=nonsense | error: flag --mode=nonsense: value should be one of <train|eval|encode>
+  bad split | 2 | --workdir={recorded} --mode=encode --split=nonsense | error: flag --split=nonsense: value should be
+  no config to train | 2 | --workdir={new} | error: --config is required to train
+  no workdir | 2 | --config={digits} | error: --workdir is required
+  stray argument | 2 | {train_new} extra | error: unexpected arguments
+  bad value type | 1 | {train_new} --config.train.steps=many | error: --config.train.steps=many: expected an integer
+  bad enum value | 1 | {train_new} --config.model.cell=transformer | error: model.cell must be one of
+  bad eval_bits | 1 | {train_new} --config.hash.eval_bits=(12,40) | error: hash.eval_bits [40] must lie in 1..hash.bits=32
+  missing config file | 1 | --config={tmp}/nope.py --workdir={new} | error: --config=
+  partial coordinator flags | 2 | {train_new} --num_processes=2 | error: --num_processes
+  refused resume key | 1 | --config={digits} --workdir={recorded} --config.hash.bits=16 --config.hash.eval_bits=(8,) | hash.bits: recorded 32, now 16
+  split mismatch | 1 | --config={digits} --workdir={recorded} --config.dataset.loader=pillow | splits.json: the recomputed 'train' split differs
+  eval override | 1 | --workdir={recorded} --mode=eval --config.model.hidden=8 | error: --config.model.hidden cannot change
+  eval without checkpoint | 1 | --workdir={recorded} --mode=eval | error: no checkpoint found in
+  """
+  values = dict(train_new=f"--config={DIGITS} --workdir={new}", new=new, recorded=recorded, digits=DIGITS,
+                tmp=tmp_path)
+  cases = {}
+  for row in filter(None, (line.strip() for line in table.splitlines())):
+    name, status, args, text = (field.strip() for field in row.split(" | "))
+    cases[name] = (args.format(**values).split(), int(status), text)
   blocked = {
       "pretrained without safetensors": ("safetensors,safetensors.numpy", [
           f"--config={DIGITS}", f"--workdir={new}", "--config.model.backbone=vgg19_bn",

@@ -169,6 +169,17 @@ def test_batch_not_class_balanced():
         "input.classes_per_batch": 3, "input.images_per_class": 8}).input)
 
 
+def test_relative_workdir(tmp_path, monkeypatch):
+  """The README's quickstart passes a relative workdir: checkpoints, resume and eval work with it."""
+  monkeypatch.chdir(tmp_path)
+  config = small_config(**{"train.steps": 4, "train.checkpoint_every": 2, "train.log_every": 2})
+  train.train_and_evaluate(config, "runs/rel")
+  assert sorted(os.listdir(tmp_path / "runs" / "rel" / "checkpoints")) == ["2", "4"]
+  extended = small_config(**{"train.steps": 6, "train.checkpoint_every": 2, "train.log_every": 2})
+  assert int(train.train_and_evaluate(extended, "runs/rel").step) == 6
+  assert str(train.evaluate_checkpoint("runs/rel")).endswith("eval_6.json")
+
+
 def test_unwritable_workdir(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")

@@ -14,9 +14,12 @@ import functools
 import re
 from typing import Optional
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 DEFAULT_NAME = "native_error"
+VERSION_2_NOTE = ("The images come in as manual_dir; configs name the decode settings; the image's relative "
+                  "path is a feature; the source's fingerprint (relative paths and sizes) is in the metadata.")
 _NAME = re.compile(r"^(?:native|s([1-9][0-9]*))_(error|skip)$")
 
 
@@ -45,3 +48,24 @@ def from_name(name: str) -> Optional[DecodeConfig]:
   outcome = "an error" if policy == "error" else "skipped"
   return DecodeConfig(name=name, image_size=size, on_bad_image=policy,
                       description=f"{what}; a bad image is {outcome}.")
+
+
+class NamedDecodeConfigs:
+  """Builder mixin: the predefined "native_error" config, and any other `<size>_<policy>` made on request."""
+
+  VERSION = tfds.core.Version("2.0.0")
+  BUILDER_CONFIGS = [from_name(DEFAULT_NAME)]
+
+  @classmethod
+  def get_builder_config(cls, name, version=None):
+    """A predefined config, or the `<size>_<policy>` config the name describes."""
+    return super().get_builder_config(name, version) or from_name(name)
+
+
+def features(config: DecodeConfig, label: tfds.features.FeatureConnector) -> tfds.features.FeaturesDict:
+  """image (uint8 RGB, PNG: lossless; fixed shape when resized), `label`, id (int64), path (Text)."""
+  size = config.image_size
+  image = tfds.features.Image(shape=(size, size, 3) if size else (None, None, 3), dtype=np.uint8,
+                              encoding_format="png")
+  return tfds.features.FeaturesDict({"image": image, "label": label, "id": tfds.features.Scalar(dtype=np.int64),
+                                     "path": tfds.features.Text()})

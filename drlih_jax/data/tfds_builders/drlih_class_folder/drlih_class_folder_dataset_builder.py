@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import tensorflow_datasets as tfds
 
 from drlih_jax import errors
@@ -15,18 +14,14 @@ from drlih_jax.data.tfds_builders import decode_config
 _CHUNK = 2048  # Images decoded per thread-pool call.
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(decode_config.NamedDecodeConfigs, tfds.core.GeneratorBasedBuilder):
   """A class-folder tree: image (uint8 HxWx3, PNG), label (ClassLabel), id (int64), path (Text).
 
   Extra constructor argument: `num_workers`, the Pillow decoding threads (default 8).
   """
 
-  VERSION = tfds.core.Version("2.0.0")
-  RELEASE_NOTES = {
-      "1.0.0": "Decoded with Pillow, stored as PNG; the tree's path in the config.",
-      "2.0.0": "The tree comes in as manual_dir; configs name the decode settings; the relative path is a "
-               "feature; the tree's fingerprint (relative paths and sizes) is in the metadata.",
-  }
+  RELEASE_NOTES = {"1.0.0": "Decoded with Pillow, stored as PNG; the tree's path in the config.",
+                   "2.0.0": decode_config.VERSION_2_NOTE}
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Pass the tree as manual_dir (`tfds build ... --manual_dir=ROOT`, or
   `download_config=tfds.download.DownloadConfig(manual_dir=ROOT)`), laid out as
@@ -36,30 +31,16 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   Every sub-folder of ROOT is a split, every sub-folder of a split a class (the same classes in every
   split). ROOT may be a local folder or a gs:// URL.
   """
-  BUILDER_CONFIGS = [decode_config.from_name(decode_config.DEFAULT_NAME)]
 
   def __init__(self, *, num_workers: int = 8, **kwargs):
     self._num_workers = num_workers
     super().__init__(**kwargs)
 
-  @classmethod
-  def get_builder_config(cls, name, version=None):
-    """A predefined config, or the `<size>_<policy>` config the name describes (see `decode_config`)."""
-    return super().get_builder_config(name, version) or decode_config.from_name(name)
-
   def _info(self) -> tfds.core.DatasetInfo:
-    size = self.builder_config.image_size
+    # Label names: the tree's class folders, set when preparing.
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(size, size, 3) if size else (None, None, 3), dtype=np.uint8,
-                                         encoding_format="png"),
-            "label": tfds.features.ClassLabel(),  # Names: the tree's class folders, set when preparing.
-            "id": tfds.features.Scalar(dtype=np.int64),
-            "path": tfds.features.Text(),
-        }),
-        supervised_keys=("image", "label"),
-        metadata=tfds.core.MetadataDict(),
-    )
+        features=decode_config.features(self.builder_config, tfds.features.ClassLabel()),
+        supervised_keys=("image", "label"), metadata=tfds.core.MetadataDict())
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     tree = folder_tree.list_tree(os.fspath(dl_manager.manual_dir))

@@ -16,49 +16,32 @@ from drlih_jax.data.tfds_builders import decode_config
 _CHUNK = 2048  # Images decoded per thread-pool call.
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(decode_config.NamedDecodeConfigs, tfds.core.GeneratorBasedBuilder):
   """List files: image (uint8 HxWx3, PNG), label (uint8 multi-hot [C]), id (int64), path (Text).
 
   Extra constructor arguments: `list_dir`, the folder of the list files when it is not manual_dir
   itself (a local path or a URL), and `num_workers`, the Pillow decoding threads (default 8).
   """
 
-  VERSION = tfds.core.Version("2.0.0")
-  RELEASE_NOTES = {
-      "1.0.0": "Decoded with Pillow, stored as PNG; the list and image folders in the config.",
-      "2.0.0": "The images come in as manual_dir; configs name the decode settings; the listed path is a "
-               "feature; the fingerprint (list files, image paths and sizes) is in the metadata.",
-  }
+  RELEASE_NOTES = {"1.0.0": "Decoded with Pillow, stored as PNG; the list and image folders in the config.",
+                   "2.0.0": decode_config.VERSION_2_NOTE + " (For lists, the list files' bytes too.)"}
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Pass the image folder as manual_dir (`tfds build ... --manual_dir=ROOT`, or
   `download_config=tfds.download.DownloadConfig(manual_dir=ROOT)`). The list files train.txt and test.txt
   (and database.txt when there is one) are read from ROOT, or from the builder's `list_dir` argument.
   Each line is `<image path relative to ROOT> <0/1 labels>`. ROOT may be a local folder or a gs:// URL.
   """
-  BUILDER_CONFIGS = [decode_config.from_name(decode_config.DEFAULT_NAME)]
 
   def __init__(self, *, list_dir: Optional[str] = None, num_workers: int = 8, **kwargs):
     self._list_dir = list_dir
     self._num_workers = num_workers
     super().__init__(**kwargs)
 
-  @classmethod
-  def get_builder_config(cls, name, version=None):
-    """A predefined config, or the `<size>_<policy>` config the name describes (see `decode_config`)."""
-    return super().get_builder_config(name, version) or decode_config.from_name(name)
-
   def _info(self) -> tfds.core.DatasetInfo:
-    size = self.builder_config.image_size
-    return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(size, size, 3) if size else (None, None, 3), dtype=np.uint8,
-                                         encoding_format="png"),
-            "label": tfds.features.Tensor(shape=(None,), dtype=np.uint8),  # Width: metadata["num_labels"].
-            "id": tfds.features.Scalar(dtype=np.int64),
-            "path": tfds.features.Text(),
-        }),
-        metadata=tfds.core.MetadataDict(),
-    )
+    # Multi-hot labels; their width is metadata["num_labels"].
+    label = tfds.features.Tensor(shape=(None,), dtype=np.uint8)
+    return self.dataset_info_from_configs(features=decode_config.features(self.builder_config, label),
+                                          metadata=tfds.core.MetadataDict())
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     root = os.fspath(dl_manager.manual_dir)
