@@ -18,7 +18,6 @@ import optax
 from drlih_jax import input_pipeline
 from drlih_jax import losses
 from drlih_jax import resize as resize_lib
-from drlih_jax import rl
 from drlih_jax import triplets as triplets_lib
 
 OBJECTIVES = ("drlih", "triplet", "official")
@@ -83,25 +82,8 @@ def train_step(state: TrainState, batch, rng, *, model, tx, config):
     variables = _variables(params, state.batch_stats)
     (actions, logits), updates = model.apply(variables, batch["image"], noise, train=True,
                                              mutable=["batch_stats"], rngs={"dropout": dropout_key})
-    greedy_probs = jax.nn.sigmoid(logits[-1])
-    triplet_loss = losses.triplet_margin_loss(greedy_probs, *triplets, margin=config.rl.triplet_margin)
-    loss = config.rl.beta * triplet_loss
-    metrics = {"triplet_loss": triplet_loss,
-               "bit_balance": jnp.mean(jnp.abs(jnp.mean(actions[-1], axis=0) - 0.5))}
-    if config.objective == "drlih":
-      sampled_actions, sampled_logits = actions[:-1], logits[:-1]
-      pg_loss, pg_metrics = losses.policy_gradient_loss(
-          sampled_actions, sampled_logits, pos_mask=pos_mask, neg_mask=neg_mask, triplets=triplets,
-          rl_config=config.rl, group=config.hash.group)
-      entropy = jnp.mean(rl.bernoulli_entropy(sampled_logits))
-      loss = loss + pg_loss - config.rl.eta * entropy
-      metrics.update(pg_metrics, pg_loss=pg_loss, entropy=entropy)
-    elif config.objective == "official":
-      loss, official_metrics = losses.official_loss(
-          logits[-1], *triplets, margin=config.rl.triplet_margin,
-          lam=config.rl.get("official_lambda", losses.OFFICIAL_LAMBDA))
-      metrics.update(official_metrics)
-    metrics["loss"] = loss
+    loss, metrics = losses.objective_loss(actions, logits, pos_mask=pos_mask, neg_mask=neg_mask,
+                                          triplets=triplets, config=config)
     return loss, (metrics, updates.get("batch_stats", {}))
 
   (loss, (metrics, new_batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
