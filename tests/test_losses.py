@@ -158,6 +158,7 @@ LABELS = np.array([0, 0, 0, 1, 1, 2, 2, 3])  # image 7 (class 3) has no positive
 B, K, GROUP = len(LABELS), 8, 2
 
 
+@functools.lru_cache(maxsize=None)
 def _problem(rollouts=3, seed=0):
   """Logits [R, B, K] of `rollouts` sampled rollouts plus a greedy one (last), their actions, masks and
   triplets. Class-structured logits, so that some triplet hinges are active and some are not."""
@@ -167,8 +168,8 @@ def _problem(rollouts=3, seed=0):
   sampled = (rng.random((rollouts, B, K)) < _sigmoid(logits[:rollouts])).astype(np.float64)
   actions = np.concatenate([sampled, (logits[-1:] > 0).astype(np.float64)])
   pos, neg = map(np.asarray, triplets_lib.relevance_masks(jnp.asarray(LABELS)))
-  trip = tuple(map(np.asarray, triplets_lib.sample_triplets(jax.random.key(seed), jnp.asarray(pos),
-                                                            jnp.asarray(neg), per_anchor=3)))
+  sample = jax.jit(triplets_lib.sample_triplets, static_argnums=3)
+  trip = tuple(map(np.asarray, sample(jax.random.key(seed), jnp.asarray(pos), jnp.asarray(neg), 3)))
   assert not trip[3].all() and trip[3].any()  # some triplets are invalid (anchor 7)
   return logits, actions, pos, neg, trip
 
@@ -199,7 +200,7 @@ def test_policy_gradient_loss_value_and_gradient(reward):
     return losses.policy_gradient_loss(ja, z, pos_mask=jp, neg_mask=jn, triplets=tuple(map(jnp.asarray, trip)),
                                        rl_config=rl_config, group=GROUP)
 
-  (value, metrics), grad = jax.value_and_grad(loss, has_aux=True)(jl)
+  (value, metrics), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(jl)
   np.testing.assert_allclose(float(value), ref(logits), rtol=2e-5)
   assert abs(ref(logits)) > 1e-3
   assert_grad_close(grad, fd_grad(ref, logits))
@@ -218,8 +219,9 @@ def test_final_prefix_reward_averages_valid_anchors_only():
   """An anchor without positives gets reward 0; it must not dilute the metric."""
   _, actions, pos, neg, trip = _problem()
   actions = actions[:-1]
-  _, metrics = losses.policy_gradient_loss(*_j(actions, np.zeros_like(actions)), pos_mask=pos, neg_mask=neg,
-                                           triplets=trip, rl_config=_rl_config(), group=GROUP)
+  pg_loss = functools.partial(losses.policy_gradient_loss, pos_mask=pos, neg_mask=neg, triplets=trip,
+                              rl_config=_rl_config(), group=GROUP)
+  _, metrics = jax.jit(pg_loss)(*_j(actions, np.zeros_like(actions)))
   rewards = ref_batch_rewards(actions, pos, neg, GROUP, 0.5)
   np.testing.assert_allclose(float(metrics["final_prefix_reward"]), rewards[:, :7, -1].mean(), rtol=1e-5)
   assert abs(rewards[:, :7, -1].mean() - rewards[..., -1].mean()) > 1e-3  # the two averages differ
@@ -249,7 +251,7 @@ def test_sgd_step_raises_probability_of_rewarded_action(reward):
                                        rl_config=rl_config, group=1)[0]
 
   z = jnp.array([[0.3], [-0.2], [0.1], [0.4]])
-  z_new = z - 1.0 * jax.grad(loss)(z)
+  z_new = z - 1.0 * jax.jit(jax.grad(loss))(z)
   p_zero = lambda x: 1.0 - jax.nn.sigmoid(x[0, 0])
   assert float(p_zero(z_new)) > float(p_zero(z)) + 1e-3
   np.testing.assert_allclose(np.asarray(z_new[1:]), np.asarray(z[1:]), atol=1e-7)
@@ -270,7 +272,7 @@ def test_triplet_margin_loss_value_and_gradient(abs_diff):
   def loss(z):
     return losses.triplet_margin_loss(jax.nn.sigmoid(z), *map(jnp.asarray, (a, p, n, valid)), 1.0, abs_diff)
 
-  value, grad = jax.value_and_grad(loss)(jnp.asarray(greedy, jnp.float32))
+  value, grad = jax.jit(jax.value_and_grad(loss))(jnp.asarray(greedy, jnp.float32))
   np.testing.assert_allclose(float(value), ref(greedy), rtol=1e-5)
   assert_grad_close(grad, fd_grad(ref, greedy))
 
@@ -288,7 +290,7 @@ def test_triplet_margin_loss_conventions_differ_by_the_eps_sign():
 
 def test_greedy_log_pi_value_and_gradient():
   logits = _problem()[0][-1]
-  got, grad = jax.value_and_grad(lambda z: jnp.sum(losses.greedy_log_pi(z) * jnp.arange(1.0, B + 1)))(
+  got, grad = jax.jit(jax.value_and_grad(lambda z: jnp.sum(losses.greedy_log_pi(z) * jnp.arange(1.0, B + 1))))(
       jnp.asarray(logits, jnp.float32))
   ref = lambda z: np.sum(ref_greedy_log_pi(z) * np.arange(1.0, B + 1))
   np.testing.assert_allclose(float(got), ref(logits), rtol=1e-5)
@@ -307,9 +309,9 @@ def test_official_loss_value_and_gradient(lam):
   want = lam * log_pi(greedy) * tri(greedy) + (1 - lam) * tri(greedy)
   # L_tri is a constant (detached) in the log-pi term.
   want_grad = lam * tri(greedy) * fd_grad(log_pi, greedy) + (1 - lam) * fd_grad(tri, greedy)
-  (value, metrics), grad = jax.value_and_grad(
+  (value, metrics), grad = jax.jit(jax.value_and_grad(
       lambda z: losses.official_loss(z, *map(jnp.asarray, (a, p, n, valid)), margin=1.0, lam=lam),
-      has_aux=True)(jnp.asarray(greedy, jnp.float32))
+      has_aux=True))(jnp.asarray(greedy, jnp.float32))
   np.testing.assert_allclose(float(value), want, rtol=1e-5)
   np.testing.assert_allclose(float(metrics["triplet_loss"]), tri(greedy), rtol=1e-5)
   np.testing.assert_allclose(float(metrics["log_pi"]), log_pi(greedy), rtol=1e-5)
@@ -364,7 +366,7 @@ def test_objective_loss_value_and_gradient(objective, reward, beta, eta):
     return losses.objective_loss(ja, z, pos_mask=jp, neg_mask=jn, triplets=tuple(map(jnp.asarray, trip)),
                                  config=config)
 
-  (value, metrics), grad = jax.value_and_grad(loss, has_aux=True)(jnp.asarray(logits, jnp.float32))
+  (value, metrics), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(jnp.asarray(logits, jnp.float32))
   np.testing.assert_allclose(float(value), f(logits), rtol=2e-5)
   np.testing.assert_allclose(float(metrics["loss"]), f(logits), rtol=2e-5)
   assert_grad_close(grad, grad_f(logits))
@@ -394,7 +396,7 @@ def test_objective_sgd_step_directions():
     config = _config("drlih", beta, eta)
     loss = lambda z: losses.objective_loss(ja, z, pos_mask=jp, neg_mask=jn, triplets=trip, config=config)[0]
     z = jnp.asarray(logits, jnp.float32)
-    z_new = z - lr * jax.grad(loss)(z)
+    z_new = z - lr * jax.jit(jax.grad(loss))(z)
     if beta:
       tri = lambda x: losses.triplet_margin_loss(jax.nn.sigmoid(x[-1]), *trip, margin=1.0)
       assert float(tri(z_new)) < float(tri(z)) - 1e-4

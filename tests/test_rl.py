@@ -266,7 +266,7 @@ def test_reinforce_with_loo_baseline_matches_bandit_gradient():
     logp = rl.step_log_probs(a, jnp.full(a.shape, z), 1)
     return jnp.mean(adv * logp)  # The gradient of the negated PG loss, i.e. the ascent direction.
 
-  grad = float(jax.grad(surrogate)(z0, jax.random.key(0)))
+  grad = float(jax.jit(jax.grad(surrogate))(z0, jax.random.key(0)))
   p = 1 / (1 + np.exp(-z0))
   analytic = 1.5 * p * (1 - p)
   # Standard error of the mean over 800k samples is ~1.5/sqrt(800k) * 0.5 ~ 1e-3: allow 5e-3.
@@ -283,7 +283,7 @@ def test_relevance_masks_multilabel_and_unlabelled():
 def test_sample_triplets_respect_masks():
   labels = jnp.asarray([0, 0, 1, 1, 2, 2, 2, 3])
   pos, neg = triplets.relevance_masks(labels)
-  a, p, n, valid = triplets.sample_triplets(jax.random.key(3), pos, neg, per_anchor=50)
+  a, p, n, valid = jax.jit(triplets.sample_triplets, static_argnums=3)(jax.random.key(3), pos, neg, 50)
   a, p, n, valid = map(np.asarray, (a, p, n, valid))
   lab = np.asarray(labels)
   assert np.all(lab[a[valid]] == lab[p[valid]]) and np.all(a[valid] != p[valid])
@@ -308,7 +308,7 @@ def test_multi_label_batches_never_repeat_an_image():
   cfg = ml_collections.ConfigDict({"classes_per_batch": 3, "images_per_class": 2, "augment": ""})
   dataset = ml_collections.ConfigDict({"mean": (0.0,), "std": (1.0,)})
   keys = jax.random.split(jax.random.key(0), 64)
-  batches = jax.jit(jax.vmap(lambda k: input_pipeline.sample_batch(k, data, cfg, dataset)))(keys)
+  batches = jax.jit(lambda ks: jax.lax.map(lambda k: input_pipeline.sample_batch(k, data, cfg, dataset), ks))(keys)
   index = np.asarray(batches["index"])
   np.testing.assert_array_equal(np.rint(np.asarray(batches["image"])[..., 0, 0, 0] * 255), index)
   for row, lab in zip(index, np.asarray(batches["label"])):

@@ -9,13 +9,11 @@ import subprocess
 import sys
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from drlih_jax import checkpointing
-from drlih_jax import steps as steps_lib
 from drlih_jax import train
 from tests import test_train
 
@@ -55,15 +53,6 @@ def test_eight_devices_match_one_device(tmp_path):
   init_dir = tmp_path / "init"
   _run(init_dir, tmp_path / "init.npz", "train.steps=1", "optim.learning_rate=0.0", devices=1)
   assert max(float(np.max(np.abs(a - b))) for a, b in zip(one, _params(tmp_path / "init.npz"))) > 1e-3
-
-
-def test_rollout_noise_differs_across_devices():
-  config = test_train.small_config()
-  noise = np.asarray(steps_lib.rollout_noise(jax.random.key(0), config, 80))  # [R, T, B, g]
-  shards = np.split(noise[:-1], 8, axis=2)  # the batch axis as 8 devices would hold it
-  for a, b in zip(shards, shards[1:]):
-    assert not np.allclose(a, b)
-  assert np.all(noise[-1] == 0.5)  # the greedy rollout
 
 
 def _free_port():
