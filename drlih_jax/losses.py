@@ -134,6 +134,8 @@ def objective_loss(actions: jax.Array, logits: jax.Array, *, pos_mask: jax.Array
   Returns:
     (loss, metrics dict of scalars, "loss" included).
   """
+  if config.objective not in ("drlih", "triplet", "official"):
+    raise ValueError(f"objective must be 'drlih', 'triplet' or 'official', got {config.objective!r}")
   rl_config = config.rl
   greedy_probs = jax.nn.sigmoid(logits[-1])
   triplet_loss = triplet_margin_loss(greedy_probs, *triplets, margin=rl_config.triplet_margin)
@@ -153,7 +155,5 @@ def objective_loss(actions: jax.Array, logits: jax.Array, *, pos_mask: jax.Array
         logits[-1], *triplets, margin=rl_config.triplet_margin,
         lam=rl_config.get("official_lambda", OFFICIAL_LAMBDA))
     metrics.update(official_metrics)
-  elif config.objective != "triplet":
-    raise ValueError(f"objective must be 'drlih', 'triplet' or 'official', got {config.objective!r}")
   metrics["loss"] = loss
   return loss, metrics

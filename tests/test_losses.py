@@ -11,6 +11,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import default
@@ -174,7 +175,7 @@ def _problem(rollouts=3, seed=0):
   return logits, actions, pos, neg, trip
 
 
-def _rl_config(reward="batch", alpha=0.5, gamma=0.9):
+def _rl_config(reward="batch", alpha=0.75, gamma=0.9):
   config = default.get_config()
   config.rl.reward, config.rl.alpha, config.rl.gamma = reward, alpha, gamma
   return config.rl
@@ -222,7 +223,7 @@ def test_final_prefix_reward_averages_valid_anchors_only():
   pg_loss = functools.partial(losses.policy_gradient_loss, pos_mask=pos, neg_mask=neg, triplets=trip,
                               rl_config=_rl_config(), group=GROUP)
   _, metrics = jax.jit(pg_loss)(*_j(actions, np.zeros_like(actions)))
-  rewards = ref_batch_rewards(actions, pos, neg, GROUP, 0.5)
+  rewards = ref_batch_rewards(actions, pos, neg, GROUP, 0.75)
   np.testing.assert_allclose(float(metrics["final_prefix_reward"]), rewards[:, :7, -1].mean(), rtol=1e-5)
   assert abs(rewards[:, :7, -1].mean() - rewards[..., -1].mean()) > 1e-3  # the two averages differ
 
@@ -326,8 +327,8 @@ def _config(objective, beta=0.7, eta=0.3, reward="batch"):
   config.objective = objective
   config.hash.bits, config.hash.group = K, GROUP
   config.rl.rollouts = 3
-  config.rl.reward, config.rl.alpha, config.rl.gamma = reward, 0.5, 0.9
-  config.rl.beta, config.rl.eta, config.rl.triplet_margin = beta, eta, 1.0
+  config.rl.reward, config.rl.alpha, config.rl.gamma = reward, 0.75, 0.9
+  config.rl.beta, config.rl.eta, config.rl.triplet_margin = beta, eta, 0.8
   config.rl.official_lambda = 0.01
   return config
 
@@ -374,7 +375,7 @@ def test_objective_loss_value_and_gradient(objective, reward, beta, eta):
     np.testing.assert_allclose(float(metrics["entropy"]), ref_mean_entropy(logits[:-1]), rtol=1e-5)
     np.testing.assert_allclose(
         float(metrics["triplet_loss"]),
-        ref_triplet_margin_loss(_sigmoid(logits[-1]), *trip, 1.0), rtol=1e-5)
+        ref_triplet_margin_loss(_sigmoid(logits[-1]), *trip, 0.8), rtol=1e-5)
 
 
 def test_objective_loss_rejects_unknown_objective():
@@ -398,7 +399,7 @@ def test_objective_sgd_step_directions():
     z = jnp.asarray(logits, jnp.float32)
     z_new = z - lr * jax.jit(jax.grad(loss))(z)
     if beta:
-      tri = lambda x: losses.triplet_margin_loss(jax.nn.sigmoid(x[-1]), *trip, margin=1.0)
+      tri = lambda x: losses.triplet_margin_loss(jax.nn.sigmoid(x[-1]), *trip, margin=0.8)
       assert float(tri(z_new)) < float(tri(z)) - 1e-4
       # The policy gradient vanishes (up to the rounding of the advantages, ~1e-8).
       np.testing.assert_allclose(np.asarray(z_new[:-1]), np.asarray(z[:-1]), atol=1e-6)
@@ -418,3 +419,46 @@ def test_rollout_noise_puts_the_greedy_rollout_last():
   for objective in ("triplet", "official"):
     greedy = np.asarray(steps_lib.rollout_noise(jax.random.key(0), _config(objective), B))
     np.testing.assert_array_equal(greedy, np.full((1, K // GROUP, B, GROUP), 0.5))
+
+
+class _LinearAgent:
+  """A stand-in for the model with `model.apply`'s signature: logits = flatten(image) @ w, shifted per
+  rollout (so that sampled and greedy rollouts differ), actions = 1[noise < sigmoid(logits)]."""
+
+  def apply(self, variables, images, noise, train, mutable, rngs):
+    del train, mutable, rngs
+    r, t, b, g = noise.shape
+    z = images.reshape(b, -1) @ variables["params"]["w"]  # [B, K]
+    logits = z[None] + 0.3 * jnp.arange(r, dtype=jnp.float32)[:, None, None]
+    u = jnp.transpose(noise, (0, 2, 1, 3)).reshape(r, b, t * g)
+    return ((u < jax.nn.sigmoid(logits)).astype(jnp.float32), logits), {}
+
+
+def test_train_step_loss_and_update_are_the_objective_of_its_rollouts():
+  """`steps.train_step` with a linear stand-in model: its loss is the float64 objective of the rollouts
+  drawn from the step's own noise (M sampled, greedy last), masks and triplets, and its SGD update is
+  -lr times that objective's gradient."""
+  config = _config("drlih", beta=0.7, eta=0.3)
+  rng_np = np.random.default_rng(1)
+  images = rng_np.normal(size=(B, 2, 2, 1))
+  w = rng_np.normal(0.0, 1.0, (4, K))
+  lr = 0.1
+  state = steps_lib.TrainState(step=jnp.zeros((), jnp.int32), params={"w": jnp.asarray(w, jnp.float32)},
+                               batch_stats={}, opt_state=optax.sgd(lr).init({"w": jnp.zeros((4, K))}))
+  step = jax.jit(functools.partial(steps_lib.train_step, model=_LinearAgent(), tx=optax.sgd(lr), config=config))
+  rng = jax.random.key(5)
+  new_state, metrics = step(state, {"image": jnp.asarray(images, jnp.float32), "label": jnp.asarray(LABELS)}, rng)
+  # The step's own draws, from its documented key split.
+  noise_key, triplet_key, _ = jax.random.split(rng, 3)
+  pos, neg = triplets_lib.relevance_masks(jnp.asarray(LABELS))
+  trip = tuple(map(np.asarray, jax.jit(triplets_lib.sample_triplets, static_argnums=3)(
+      triplet_key, pos, neg, config.rl.triplets_per_anchor)))
+  noise = np.asarray(steps_lib.rollout_noise(noise_key, config, B), np.float64)
+  logits = (images.reshape(B, -1) @ w)[None] + 0.3 * np.arange(4)[:, None, None]
+  u = noise.transpose(0, 2, 1, 3).reshape(4, B, K)
+  actions = (u < _sigmoid(logits)).astype(np.float64)
+  assert np.any(actions[0] != actions[1])
+  f, grad_f = _ref_objective(config, actions, np.asarray(pos), np.asarray(neg), trip)
+  np.testing.assert_allclose(float(metrics["loss"]), f(logits), rtol=1e-4)
+  grad_w = sum(images.reshape(B, -1).T @ g for g in grad_f(logits))
+  assert_grad_close((w - np.asarray(new_state.params["w"], np.float64)) / lr, grad_w, rtol=2e-3)
