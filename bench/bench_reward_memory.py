@@ -11,6 +11,7 @@ jitted reward after one warm-up call, on random codes and class-balanced masks.
 
   python bench/bench_reward_memory.py                                  # memory table, B = 256..2048
   python bench/bench_reward_memory.py --time --batches 80,500 --bits 32 # step time at training sizes
+  python bench/bench_reward_memory.py --check --batches 256             # the two give the same values
 """
 
 from __future__ import annotations
@@ -81,6 +82,19 @@ def step_seconds(fn, rollouts, batch, bits, group, classes, repeats, alpha=0.5):
   return statistics.median(times)
 
 
+def max_difference(rollouts, batch, bits, group, alpha, seed=0):
+  """max |old - new| on codes near 6 prototypes (many ties) with random multi-hot labels (5 classes)."""
+  rng = np.random.default_rng(seed)
+  protos = rng.integers(0, 2, (6, bits))
+  codes = protos[rng.integers(0, 6, (rollouts, batch))]
+  codes = jnp.asarray(np.where(rng.random(codes.shape) < 0.05, 1 - codes, codes), jnp.float32)
+  labels = jnp.asarray((rng.random((batch, 5)) < 0.3).astype(np.int32))
+  pos, neg = triplets.relevance_masks(labels)
+  old, new = (jax.jit(fn, static_argnums=(3, 4))(codes, pos, neg, group, alpha)
+              for fn in IMPLEMENTATIONS.values())
+  return float(jnp.max(jnp.abs(old - new))), float(jnp.max(jnp.abs(old)))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--batches", default="256,512,1024,2048", help="comma-separated batch sizes B")
@@ -92,10 +106,20 @@ def main():
                       help="compile the old formulation only up to this B")
   parser.add_argument("--time", action="store_true", help="time the reward instead of its memory")
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--check", action="store_true",
+                      help="compare the two formulations' values (alpha 0.3, 0.5, 1) instead")
   args = parser.parse_args()
   batches = [int(b) for b in args.batches.split(",")]
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, rl from {rl.__file__}, R={args.rollouts}, K={args.bits}, "
         f"g={args.group}")
+  if args.check:
+    print("| B | alpha | max abs difference | max abs reward |")
+    print("|---|---|---|---|")
+    for b in batches:
+      for alpha in (0.3, 0.5, 1.0):
+        diff, scale = max_difference(args.rollouts, b, args.bits, args.group, alpha)
+        print(f"| {b} | {alpha} | {diff:.2e} | {scale:.3f} |", flush=True)
+    return
   if args.time:
     print("| B | " + " | ".join(f"{name} ms" for name in IMPLEMENTATIONS) + " |")
     print("|---|" + "---|" * len(IMPLEMENTATIONS))
