@@ -93,7 +93,7 @@ def test_batch_rewards_heavy_ties_multilabel():
 def test_anchor_chunk_size():
   assert rl.anchor_chunk_size(4, 80, 32) == 80  # training sizes: one chunk
   chunk = rl.anchor_chunk_size(4, 2048, 64)
-  assert chunk < 2048 and 4 * 4 * 65 * 2048 * chunk <= 2 ** 28 + 4 * 4 * 65 * 2048
+  assert chunk < 2048 and 4 * 4 * 65 * 2048 * chunk <= 2 ** 28  # int32 [R, chunk, K + 1, B] within 256 MiB
   assert -(-2048 // chunk) * chunk - 2048 < -(-2048 // chunk)  # near-equal chunks
 
 
