@@ -4,7 +4,7 @@ Each training step draws a class-balanced batch (`input.classes_per_batch` class
 `input.images_per_class` distinct images of each), gathers it from the resident array, augments it
 (pad-and-crop and horizontal flip when `input.augment = "crop_flip"`) and normalises it, all inside the
 jitted step: no host work per step. Multi-label data is balanced over labels: an image is a member of
-every class it carries, and only labelled images are drawn.
+every class it carries, only labelled images are drawn, and none twice in a batch.
 """
 
 from __future__ import annotations
@@ -109,7 +109,22 @@ def to_device(split: types.Split, num_classes: int, input_config, placement=None
 
 def sample_positions(rng: jax.Array, data: DeviceData, classes_per_batch: int,
                      images_per_class: int) -> jax.Array:
-  """Class-balanced draw: distinct classes (with enough members), then distinct members of each."""
+  """Class-balanced draw: distinct classes (with enough members), then distinct members of each.
+
+  Multi-label data (`data.labels` [n, C]): an image is a member of each of its classes, so independent
+  per-class draws could take it twice, and its two copies would be each other's positive. Here no image
+  is drawn twice (`_distinct_multi_label_positions`). Single-label data keeps the one-shot draw.
+
+  Returns:
+    int32 [classes_per_batch * images_per_class] positions in the split, class by class.
+  """
+  if data.labels.ndim > 1:
+    return _distinct_multi_label_positions(rng, data, classes_per_batch, images_per_class)
+  return _class_wise_positions(rng, data, classes_per_batch, images_per_class)
+
+
+def _class_wise_positions(rng, data, classes_per_batch, images_per_class):
+  """Independent draws per class: distinct within a class (single-label data: distinct overall)."""
   class_key, member_key = jax.random.split(rng)
   num_classes, width = data.class_members.shape
   eligible = data.class_sizes >= images_per_class
@@ -120,6 +135,43 @@ def sample_positions(rng: jax.Array, data: DeviceData, classes_per_batch: int,
   member_scores = jnp.where(valid, member_scores, 2.0)
   picks = jnp.argsort(member_scores, axis=1)[:, :images_per_class]
   return jnp.take_along_axis(data.class_members[classes], picks, axis=1).reshape(-1)
+
+
+def _distinct_multi_label_positions(rng, data, classes_per_batch, images_per_class):
+  """Classes in random order, each drawing `images_per_class` of its members not drawn yet.
+
+  A class with fewer undrawn members than that is skipped; the loop stops once `classes_per_batch` classes
+  are filled. Only if the classes run out first (their members overlap so much that no such batch
+  exists) do the unfilled slots keep the class-wise draw, repeats possible.
+  """
+  order_key, member_key, fallback_key = jax.random.split(rng, 3)
+  num_classes, width = data.class_members.shape
+  eligible = data.class_sizes >= images_per_class
+  order = jnp.argsort(jnp.where(eligible, jax.random.uniform(order_key, (num_classes,)), 2.0))
+  columns = jnp.arange(width)
+
+  def unfilled(carry):
+    visited, filled, _, _ = carry
+    return (filled < classes_per_batch) & (visited < num_classes)
+
+  def draw_class(carry):
+    visited, filled, drawn, positions = carry
+    c = order[visited]
+    members = data.class_members[c]
+    free = (columns < data.class_sizes[c]) & ~drawn[members]
+    scores = jnp.where(free, jax.random.uniform(jax.random.fold_in(member_key, visited), (width,)), 2.0)
+    _, picks = jax.lax.top_k(-scores, images_per_class)  # the lowest scores: free members first
+    chosen = members[picks]
+    accept = jnp.sum(free) >= images_per_class
+    updated = jax.lax.dynamic_update_slice(positions, chosen, (filled * images_per_class,))
+    positions = jnp.where(accept, updated, positions)
+    drawn = jnp.where(accept, drawn.at[chosen].set(True), drawn)
+    return visited + 1, filled + accept.astype(jnp.int32), drawn, positions
+
+  fallback = _class_wise_positions(fallback_key, data, classes_per_batch, images_per_class)
+  drawn = jnp.zeros((data.labels.shape[0],), bool)
+  init = (jnp.int32(0), jnp.int32(0), drawn, fallback.astype(jnp.int32))
+  return jax.lax.while_loop(unfilled, draw_class, init)[3]
 
 
 def normalize(images: jax.Array, mean, std) -> jax.Array:
@@ -144,7 +196,7 @@ def sample_batch(rng: jax.Array, data: DeviceData, input_config, dataset_config)
   """One class-balanced, augmented, normalised training batch, drawn on the device.
 
   Returns:
-    {"image": float32 [B, H, W, C], "label": [B] or [B, C], "index": int32 [B] positions in the split}.
+    {"image": float32 [B, H, W, C], "label": [B] or [B, C]}.
   """
   position_key, augment_key = jax.random.split(rng)
   positions = sample_positions(position_key, data, input_config.classes_per_batch,
@@ -152,10 +204,7 @@ def sample_batch(rng: jax.Array, data: DeviceData, input_config, dataset_config)
   images = data.images[positions]
   if input_config.augment == "crop_flip":
     images = crop_flip(augment_key, images, input_config.crop_padding)
-  elif input_config.augment:
-    raise ValueError(f"input.augment must be '' or 'crop_flip', got {input_config.augment!r}")
-  return {"image": normalize(images, dataset_config.mean, dataset_config.std),
-          "label": data.labels[positions], "index": positions}
+  return {"image": normalize(images, dataset_config.mean, dataset_config.std), "label": data.labels[positions]}
 
 
 def batch_size(input_config) -> int:

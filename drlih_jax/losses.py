@@ -95,10 +95,12 @@ def policy_gradient_loss(actions: jax.Array, logits: jax.Array, *, pos_mask: jax
   advantages = jax.lax.stop_gradient(rl.leave_one_out_advantages(returns))
   weight = jnp.broadcast_to(weight, log_probs.shape)
   loss = -jnp.sum(advantages * log_probs * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+  # Rewards averaged over the valid (image or triplet, rollout) pairs only.
+  valid = weight[..., -1]  # [M, B] or [M, N]
+  num_valid = jnp.maximum(jnp.sum(valid), 1.0)
   metrics = {
-      "mean_reward": jnp.sum(rewards * jnp.broadcast_to(weight, rewards.shape)) / jnp.maximum(
-          jnp.sum(jnp.broadcast_to(weight, rewards.shape)), 1.0) * rewards.shape[-1],
-      "final_prefix_reward": jnp.mean(rewards[..., -1]),
+      "mean_reward": jnp.sum(jnp.sum(rewards, axis=-1) * valid) / num_valid,
+      "final_prefix_reward": jnp.sum(rewards[..., -1] * valid) / num_valid,
   }
   return loss, metrics
 
@@ -137,3 +139,48 @@ def official_loss(logits: jax.Array, anchors: jax.Array, positives: jax.Array, n
   log_pi = jnp.sum(greedy_log_pi(logits)[anchors] * w) / jnp.maximum(jnp.sum(w), 1.0)
   loss = lam * log_pi * jax.lax.stop_gradient(triplet) + (1.0 - lam) * triplet
   return loss, {"triplet_loss": triplet, "log_pi": log_pi}
+
+
+def objective_loss(actions: jax.Array, logits: jax.Array, *, pos_mask: jax.Array, neg_mask: jax.Array,
+                   triplets, config):
+  """The training loss of one encoded batch, for `config.objective` (ALGORITHM.md items 7-9).
+
+  - "drlih": policy_gradient_loss(first M rollouts) + beta * L_tri(greedy) - eta * H(first M rollouts);
+  - "triplet": beta * L_tri(greedy);
+  - "official": `official_loss` on the greedy logits (beta and eta unused).
+  L_tri is `triplet_margin_loss` on sigmoid(greedy logits) with margin `rl.triplet_margin`; H is the mean
+  Bernoulli entropy per bit of the sampled rollouts' logits.
+
+  Args:
+    actions, logits: [R, B, K] from the agent, rollouts in `steps.rollout_noise` order: for "drlih" the
+      R - 1 = rl.rollouts sampled rollouts, then the greedy one last; otherwise the greedy one alone.
+    pos_mask, neg_mask: [B, B] relevance masks.
+    triplets: (anchors, positives, negatives, valid) [N] of the batch.
+    config: the run config (objective, hash.group, rl).
+
+  Returns:
+    (loss, metrics dict of scalars, "loss" included).
+  """
+  if config.objective not in ("drlih", "triplet", "official"):
+    raise ValueError(f"objective must be 'drlih', 'triplet' or 'official', got {config.objective!r}")
+  rl_config = config.rl
+  greedy_probs = jax.nn.sigmoid(logits[-1])
+  triplet_loss = triplet_margin_loss(greedy_probs, *triplets, margin=rl_config.triplet_margin)
+  loss = rl_config.beta * triplet_loss
+  metrics = {"triplet_loss": triplet_loss,
+             "bit_balance": jnp.mean(jnp.abs(jnp.mean(actions[-1], axis=0) - 0.5))}
+  if config.objective == "drlih":
+    sampled_actions, sampled_logits = actions[:-1], logits[:-1]
+    pg_loss, pg_metrics = policy_gradient_loss(
+        sampled_actions, sampled_logits, pos_mask=pos_mask, neg_mask=neg_mask, triplets=triplets,
+        rl_config=rl_config, group=config.hash.group)
+    entropy = jnp.mean(rl.bernoulli_entropy(sampled_logits))
+    loss = loss + pg_loss - rl_config.eta * entropy
+    metrics.update(pg_metrics, pg_loss=pg_loss, entropy=entropy)
+  elif config.objective == "official":
+    loss, official_metrics = official_loss(
+        logits[-1], *triplets, margin=rl_config.triplet_margin,
+        lam=rl_config.get("official_lambda", OFFICIAL_LAMBDA))
+    metrics.update(official_metrics)
+  metrics["loss"] = loss
+  return loss, metrics

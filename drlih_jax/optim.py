@@ -27,14 +27,22 @@ def check_config(optim_config) -> None:
 
 
 def learning_rate_schedule(optim_config, total_steps: int) -> optax.Schedule:
-  """AdamW: linear warmup then cosine decay to 0 over `total_steps`; SGD: step decay (the paper's)."""
+  """AdamW: linear warmup then cosine decay to 0 over `total_steps`; SGD: step decay (the paper's).
+
+  The schedule is called with optax's update count: 0 for the first update. SGD's step decay follows the
+  released code's `train.py`, whose counter starts at 1 and which multiplies the rate by `decay_factor`
+  *before* the update whose counter is a multiple of `decay_every`: update k (1-based) uses
+  learning_rate * decay_factor^floor(k / decay_every), so with decay_every = 10,000 the 10,000th update
+  is the first at the lower rate (count 9,999 here; an unshifted staircase would decay one update later).
+  """
   if optim_config.name == "adamw":
     warmup = min(optim_config.warmup_steps, max(total_steps - 1, 0))
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=optim_config.learning_rate, warmup_steps=warmup,
         decay_steps=max(total_steps, warmup + 1), end_value=0.0)
-  return optax.exponential_decay(optim_config.learning_rate, transition_steps=optim_config.decay_every,
-                                 decay_rate=optim_config.decay_factor, staircase=True)
+  step_decay = optax.exponential_decay(optim_config.learning_rate, transition_steps=optim_config.decay_every,
+                                       decay_rate=optim_config.decay_factor, staircase=True)
+  return lambda count: step_decay(count + 1)  # count + 1: the released code's 1-based counter
 
 
 def create_optimizer(optim_config, total_steps: int) -> optax.GradientTransformation:

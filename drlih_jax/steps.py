@@ -19,7 +19,6 @@ import optax
 from drlih_jax import input_pipeline
 from drlih_jax import losses
 from drlih_jax import resize as resize_lib
-from drlih_jax import rl
 from drlih_jax import triplets as triplets_lib
 
 OBJECTIVES = ("drlih", "triplet", "official")
@@ -84,25 +83,8 @@ def train_step(state: TrainState, batch, rng, *, model, tx, config):
     variables = _variables(params, state.batch_stats)
     (actions, logits), updates = model.apply(variables, batch["image"], noise, train=True,
                                              mutable=["batch_stats"], rngs={"dropout": dropout_key})
-    greedy_probs = jax.nn.sigmoid(logits[-1])
-    triplet_loss = losses.triplet_margin_loss(greedy_probs, *triplets, margin=config.rl.triplet_margin)
-    loss = config.rl.beta * triplet_loss
-    metrics = {"triplet_loss": triplet_loss,
-               "bit_balance": jnp.mean(jnp.abs(jnp.mean(actions[-1], axis=0) - 0.5))}
-    if config.objective == "drlih":
-      sampled_actions, sampled_logits = actions[:-1], logits[:-1]
-      pg_loss, pg_metrics = losses.policy_gradient_loss(
-          sampled_actions, sampled_logits, pos_mask=pos_mask, neg_mask=neg_mask, triplets=triplets,
-          rl_config=config.rl, group=config.hash.group)
-      entropy = jnp.mean(rl.bernoulli_entropy(sampled_logits))
-      loss = loss + pg_loss - config.rl.eta * entropy
-      metrics.update(pg_metrics, pg_loss=pg_loss, entropy=entropy)
-    elif config.objective == "official":
-      loss, official_metrics = losses.official_loss(
-          logits[-1], *triplets, margin=config.rl.triplet_margin,
-          lam=config.rl.get("official_lambda", losses.OFFICIAL_LAMBDA))
-      metrics.update(official_metrics)
-    metrics["loss"] = loss
+    loss, metrics = losses.objective_loss(actions, logits, pos_mask=pos_mask, neg_mask=neg_mask,
+                                          triplets=triplets, config=config)
     return loss, (metrics, updates.get("batch_stats", {}))
 
   (loss, (metrics, new_batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -134,7 +116,6 @@ def draw_batch(rng, data: input_pipeline.DeviceData, config, batch_size: int | N
     input_config = ml_collections.ConfigDict(dict(input_config.to_dict(),
                                                   images_per_class=-(-batch_size // classes)))
   batch = input_pipeline.sample_batch(rng, data, input_config, config.dataset)
-  batch = {"image": batch["image"], "label": batch["label"]}
   if rounded:
     member_major = lambda x: jnp.swapaxes(x.reshape(classes, -1, *x.shape[1:]), 0, 1).reshape(x.shape)
     batch = jax.tree.map(lambda x: member_major(x)[:batch_size], batch)
