@@ -35,7 +35,7 @@ from drlih_jax import triplets  # pylint: disable=g-import-not-at-top
 def one_hot_batch_rewards(codes, pos_mask, neg_mask, group, alpha):
   """The formulation `rl.batch_rewards` replaced (one-hot histograms; DEFAULT-precision einsums)."""
   num_bits = codes.shape[-1]
-  num_steps = num_bits // group
+  num_groups = num_bits // group
   dist = rl.prefix_distances(codes, group).astype(jnp.int32)  # [R, T, B, B]
   one_hot = jax.nn.one_hot(dist, num_bits + 1, dtype=jnp.float32)  # [R, T, B, B, K+1]
   pos = pos_mask.astype(jnp.float32)
@@ -43,7 +43,7 @@ def one_hot_batch_rewards(codes, pos_mask, neg_mask, group, alpha):
   hist_pos = jnp.einsum("rtijd,ij->rtid", one_hot, pos)
   hist_neg = jnp.einsum("rtijd,ij->rtid", one_hot, neg)
   d = jnp.arange(num_bits + 1, dtype=jnp.float32)
-  margins = rl.hinge_margins(num_steps, group, alpha)
+  margins = rl.hinge_margins(num_groups, group, alpha)
   hinge = jax.nn.relu(margins[:, None, None] + d[None, :, None] - d[None, None, :])
   total = jnp.einsum("rtip,tpn,rtin->rit", hist_pos, hinge, hist_neg)
   pairs = jnp.sum(pos, axis=1) * jnp.sum(neg, axis=1)

@@ -79,9 +79,9 @@ def policy_gradient_loss(actions: jax.Array, logits: jax.Array, *, pos_mask: jax
   Returns:
     (loss, metrics dict).
   """
-  log_probs = rl.step_log_probs(actions, logits, group)  # [M, B, T]
+  log_probs = rl.step_log_probs(actions, logits, group)  # [M, B, num_groups]
   if rl_config.reward == "batch":
-    rewards = rl.batch_rewards(actions, pos_mask, neg_mask, group, rl_config.alpha)  # [M, B, T]
+    rewards = rl.batch_rewards(actions, pos_mask, neg_mask, group, rl_config.alpha)  # [M, B, num_groups]
     weight = (jnp.any(pos_mask, axis=1) & jnp.any(neg_mask, axis=1)).astype(jnp.float32)[None, :, None]
   elif rl_config.reward == "triplet":
     anchors, positives, negatives, valid = triplets
@@ -101,7 +101,14 @@ def policy_gradient_loss(actions: jax.Array, logits: jax.Array, *, pos_mask: jax
   metrics = {
       "mean_reward": jnp.sum(jnp.sum(rewards, axis=-1) * valid) / num_valid,
       "final_prefix_reward": jnp.sum(rewards[..., -1] * valid) / num_valid,
+      "advantage_std": jnp.sqrt(jnp.sum(jnp.square(advantages) * weight) / jnp.maximum(jnp.sum(weight), 1.0)),
   }
+  # Per action group (TensorBoard only): does each group's reward still carry a signal?
+  per_group_reward = jnp.sum(rewards * weight, axis=(0, 1)) / num_valid  # [num_groups]
+  per_group_advantage = jnp.sqrt(jnp.sum(jnp.square(advantages) * weight, axis=(0, 1)) / num_valid)
+  for t in range(rewards.shape[-1]):
+    metrics[f"group_reward/{t + 1}"] = per_group_reward[t]
+    metrics[f"group_advantage_std/{t + 1}"] = per_group_advantage[t]
   return loss, metrics
 
 
@@ -174,9 +181,14 @@ def objective_loss(actions: jax.Array, logits: jax.Array, *, pos_mask: jax.Array
     pg_loss, pg_metrics = policy_gradient_loss(
         sampled_actions, sampled_logits, pos_mask=pos_mask, neg_mask=neg_mask, triplets=triplets,
         rl_config=rl_config, group=config.hash.group)
-    entropy = jnp.mean(rl.bernoulli_entropy(sampled_logits))
+    bit_entropy = rl.bernoulli_entropy(sampled_logits)  # [M, B, K]
+    entropy = jnp.mean(bit_entropy)
     loss = loss + pg_loss - rl_config.eta * entropy
     metrics.update(pg_metrics, pg_loss=pg_loss, entropy=entropy)
+    group = config.hash.group
+    per_group_entropy = jnp.mean(bit_entropy.reshape(*bit_entropy.shape[:-1], -1, group), axis=(0, 1, 3))
+    for t in range(per_group_entropy.shape[0]):
+      metrics[f"group_entropy/{t + 1}"] = per_group_entropy[t]
   elif config.objective == "official":
     loss, official_metrics = official_loss(
         logits[-1], *triplets, margin=rl_config.triplet_margin,

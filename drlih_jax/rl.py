@@ -1,6 +1,6 @@
 """Rewards, returns and advantages of the sampled bit rollouts (ALGORITHM.md items 6-7).
 
-Shapes: R rollouts, B images, K bits in T = K / g groups. Codes are float {0, 1} arrays [R, B, K].
+Shapes: R rollouts, B images, K bits in num_groups = K / g action groups. Codes are float {0, 1} arrays [R, B, K].
 
 The prefix hinge of anchor i, positive j, negative k after t groups is
     l_t(i, j, k) = max(0, alpha * t * g - (D_t(i, k) - D_t(i, j))),
@@ -11,7 +11,7 @@ computed exactly from a per-anchor histogram hn_t[i, d] = #{negatives k of i : D
     F_t(i, dp) = sum_dn relu(alpha t g + dp - dn) * hn_t[i, dn],
 which costs O(B^2 K) per step instead of the O(B^3) of the direct triple sum.
 
-Memory: `batch_rewards` never builds a [.., B, B, K + 1] tensor. Per chunk of anchors it scans over the T
+Memory: `batch_rewards` never builds a [.., B, B, K + 1] tensor. Per chunk of anchors it scans over the num_groups
 prefixes carrying int32 distances [R, chunk, B], and counts the histogram by a compare-and-sum; its
 compiled temporaries are ~0.25 GiB at R = 4, B = 2048, K = 64 (BENCHMARKS.md, "Reward memory").
 
@@ -35,20 +35,20 @@ def prefix_distances(codes: jax.Array, group: int) -> jax.Array:
     group: bits per step g.
 
   Returns:
-    [..., T, B, B] float: entry t-1 is the distance between the first t * g bits.
+    [..., num_groups, B, B] float: entry t-1 is the distance between the first t * g bits.
   """
   *lead, b, k = codes.shape
   grouped = codes.reshape(*lead, b, k // group, group)
   ones = jnp.einsum("...itg,...jtg->...tij", grouped, grouped, precision=HIGHEST)
-  counts = jnp.sum(grouped, axis=-1)  # [..., B, T]
-  counts = jnp.swapaxes(counts, -1, -2)  # [..., T, B]
+  counts = jnp.sum(grouped, axis=-1)  # [..., B, num_groups]
+  counts = jnp.swapaxes(counts, -1, -2)  # [..., num_groups, B]
   per_group = counts[..., :, None] + counts[..., None, :] - 2.0 * ones
   return jnp.cumsum(per_group, axis=-3)
 
 
-def hinge_margins(num_steps: int, group: int, alpha: float) -> jax.Array:
-  """The required ranking margin alpha * t * g of each prefix, t = 1..T: [T]."""
-  return alpha * group * jnp.arange(1, num_steps + 1, dtype=jnp.float32)
+def hinge_margins(num_groups: int, group: int, alpha: float) -> jax.Array:
+  """The required ranking margin alpha * t * g of each prefix, t = 1..num_groups: [num_groups]."""
+  return alpha * group * jnp.arange(1, num_groups + 1, dtype=jnp.float32)
 
 
 def distance_histograms(dist: jax.Array, mask: jax.Array, num_levels: int) -> jax.Array:
@@ -112,19 +112,19 @@ def batch_rewards(codes: jax.Array, pos_mask: jax.Array, neg_mask: jax.Array, gr
     anchor_chunk: anchors per chunk (default `anchor_chunk_size`); values are the same for any chunk.
 
   Returns:
-    [R, B, T] rewards; anchors without a positive or a negative get 0.
+    [R, B, num_groups] rewards; anchors without a positive or a negative get 0.
   """
   num_rollouts, b, num_bits = codes.shape
-  num_steps = num_bits // group
-  bits = (codes > 0.5).reshape(num_rollouts, b, num_steps, group)
-  bits = jnp.moveaxis(bits, 2, 0)  # [T, R, B, g]
-  margins = hinge_margins(num_steps, group, alpha)
+  num_groups = num_bits // group
+  bits = (codes > 0.5).reshape(num_rollouts, b, num_groups, group)
+  bits = jnp.moveaxis(bits, 2, 0)  # [num_groups, R, B, g]
+  margins = hinge_margins(num_groups, group, alpha)
   levels = jnp.arange(num_bits + 1, dtype=jnp.float32)
   pos_mask, neg_mask = pos_mask.astype(bool), neg_mask.astype(bool)
 
   def anchor_totals(anchor):
-    """sum_{j, k} P_ij N_ik l_t(i, j, k) of one anchor i: [T, R]."""
-    anchor_bits, pos, neg = anchor  # [T, R, g], [B], [B]
+    """sum_{j, k} P_ij N_ik l_t(i, j, k) of one anchor i: [num_groups, R]."""
+    anchor_bits, pos, neg = anchor  # [num_groups, R, g], [B], [B]
 
     def prefix_step(dist, inputs):
       group_bits, own_bits, margin = inputs  # [R, B, g], [R, g], scalar
@@ -141,13 +141,13 @@ def batch_rewards(codes: jax.Array, pos_mask: jax.Array, neg_mask: jax.Array, gr
     _, totals = jax.lax.scan(prefix_step, init, (bits, anchor_bits, margins))
     return totals
 
-  anchors = (jnp.moveaxis(bits, 2, 0), pos_mask, neg_mask)  # [B, T, R, g], [B, B], [B, B]
+  anchors = (jnp.moveaxis(bits, 2, 0), pos_mask, neg_mask)  # [B, num_groups, R, g], [B, B], [B, B]
   chunk = anchor_chunk or anchor_chunk_size(num_rollouts, b, num_bits)
   if chunk >= b:
-    totals = jax.vmap(anchor_totals)(anchors)  # [B, T, R]
+    totals = jax.vmap(anchor_totals)(anchors)  # [B, num_groups, R]
   else:
     totals = jax.lax.map(anchor_totals, anchors, batch_size=chunk)
-  total = jnp.transpose(totals, (2, 0, 1))  # [R, B, T]
+  total = jnp.transpose(totals, (2, 0, 1))  # [R, B, num_groups]
   pairs = jnp.sum(pos_mask, axis=1, dtype=jnp.int32) * jnp.sum(neg_mask, axis=1, dtype=jnp.int32)  # [B]
   mean = total / jnp.maximum(pairs, 1).astype(jnp.float32)[None, :, None]
   return jnp.where(pairs[None, :, None] > 0, -mean / num_bits, 0.0)
@@ -164,7 +164,7 @@ def triplet_rewards(codes: jax.Array, anchors: jax.Array, positives: jax.Array, 
     alpha: margin per bit.
 
   Returns:
-    [R, N, T] rewards, one row per triplet.
+    [R, N, num_groups] rewards, one row per triplet.
   """
   num_bits = codes.shape[-1]
   grouped = codes.reshape(codes.shape[0], codes.shape[1], num_bits // group, group)
@@ -177,8 +177,8 @@ def triplet_rewards(codes: jax.Array, anchors: jax.Array, positives: jax.Array, 
 
 def discounted_returns(rewards: jax.Array, gamma: float) -> jax.Array:
   """G_t = sum_{k >= t} gamma^(k - t) r_k along the last axis."""
-  num_steps = rewards.shape[-1]
-  k = jnp.arange(num_steps)
+  num_groups = rewards.shape[-1]
+  k = jnp.arange(num_groups)
   power = k[:, None] - k[None, :]  # [k, t]
   weights = jnp.where(power >= 0, jnp.power(gamma, jnp.maximum(power, 0)), 0.0)
   return jnp.einsum("...k,kt->...t", rewards, weights.astype(rewards.dtype), precision=HIGHEST)
@@ -194,7 +194,7 @@ def leave_one_out_advantages(returns: jax.Array) -> jax.Array:
 
 
 def step_log_probs(actions: jax.Array, logits: jax.Array, group: int) -> jax.Array:
-  """log pi(a_t | s_t) of each action group: [..., K] -> [..., T] (bits independent given h_t)."""
+  """log pi(a_t | s_t) of each action group: [..., K] -> [..., num_groups] (bits independent given h_t)."""
   per_bit = actions * jax.nn.log_sigmoid(logits) + (1.0 - actions) * jax.nn.log_sigmoid(-logits)
   return jnp.sum(per_bit.reshape(*per_bit.shape[:-1], -1, group), axis=-1)
 

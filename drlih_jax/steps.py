@@ -40,9 +40,9 @@ def _variables(params, batch_stats):
 
 def create_train_state(rng, model, tx, image_shape, config) -> TrainState:
   """Initialises parameters (and batch statistics) from one dummy batch."""
-  steps = config.hash.bits // config.hash.group
+  num_groups = config.hash.bits // config.hash.group
   images = jnp.zeros((2, *image_shape), jnp.float32)
-  noise = jnp.full((1, steps, 2, config.hash.group), 0.5, jnp.float32)
+  noise = jnp.full((1, num_groups, 2, config.hash.group), 0.5, jnp.float32)
   variables = model.init({"params": rng, "dropout": rng}, images, noise, train=False)
   params = variables["params"]
   batch_stats = variables.get("batch_stats", {})
@@ -51,12 +51,12 @@ def create_train_state(rng, model, tx, image_shape, config) -> TrainState:
 
 
 def rollout_noise(rng, config, batch: int) -> jax.Array:
-  """[R, T, B, g] noise: M uniform rollouts then one greedy (0.5) rollout for "drlih"; greedy only else."""
-  steps, group = config.hash.bits // config.hash.group, config.hash.group
-  greedy = jnp.full((1, steps, batch, group), 0.5, jnp.float32)
+  """[R, num_groups, B, g] noise: M uniform rollouts then one greedy (0.5) rollout for "drlih"; greedy only else."""
+  num_groups, group = config.hash.bits // config.hash.group, config.hash.group
+  greedy = jnp.full((1, num_groups, batch, group), 0.5, jnp.float32)
   if config.objective in ("triplet", "official"):
     return greedy
-  sampled = jax.random.uniform(rng, (config.rl.rollouts, steps, batch, group), jnp.float32)
+  sampled = jax.random.uniform(rng, (config.rl.rollouts, num_groups, batch, group), jnp.float32)
   return jnp.concatenate([sampled, greedy], axis=0)
 
 

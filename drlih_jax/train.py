@@ -90,6 +90,7 @@ class _Progress:
   train_seconds: float = 0.0
   history: list = dataclasses.field(default_factory=list)  # [step, train_seconds, tie-aware mAP@all]
   stop_reason: str | None = None
+  last_metrics: dict | None = None  # the last logged training metrics (not checkpointed)
 
   @classmethod
   def from_meta(cls, meta: Mapping[str, Any]) -> "_Progress":
@@ -191,12 +192,15 @@ def _load_data(config, data):
   return data, run_record.splits_record(values, data)
 
 
-def _evaluate_and_log(run, state, data, workdir, step, writer, progress, plots, run_config=None):
+def _evaluate_and_log(run, state, data, workdir, step, writer, progress, plots, train_metrics=None):
+  """Evaluates `state`, writes eval_<step>.json (with the training time and the last logged training metrics)."""
   report, query_codes, db_codes = run.evaluate(state, data)
   if jax.process_index() == 0:
-    name = run_record.report_name(step, run.config, run_config or run.config)
-    evaluate.write_report(workdir, name, step, report, run.config, data, query_codes, db_codes, plots=plots,
-                          extra={"train_seconds": round(progress.train_seconds, 3)})
+    extra = {"train_seconds": round(progress.train_seconds, 3)}
+    if train_metrics:
+      extra["train_metrics"] = train_metrics
+    evaluate.write_report(workdir, f"eval_{step}", step, report, run.config, data, query_codes, db_codes,
+                          plots=plots, extra=extra)
   writer.scalars(step, {f"map/{bits}_bits": v for bits, v in report["map"].items()})
   writer.scalars(step, {f"map_tie_aware/{bits}_bits": v for bits, v in report["map_average_ties"].items()})
   return report
@@ -244,7 +248,8 @@ def train_and_evaluate(config, workdir, data=None):
     checkpoints.wait()
     if reason is None:  # Stopped by a signal: the checkpoint is saved, nothing more.
       return state
-    _evaluate_and_log(run, state, data, workdir, step, writer, progress, plots=True)
+    _evaluate_and_log(run, state, data, workdir, step, writer, progress, plots=True,
+                      train_metrics=progress.last_metrics)
     if writes:
       run_record.write_done(workdir, step, reason, progress.train_seconds)
     logging.info("Training ended at step %d (%s) after %.0f s of training", step, reason,
@@ -293,13 +298,15 @@ def _train_loop(run, state, step, data, workdir, checkpoints, writer, progress):
         scalars["learning_rate"] = float(run.schedule(step))
         scalars["steps_per_second"] = rate
         writer.scalars(step, scalars)
+        progress.last_metrics = dict(scalars, step=step)
         eta = (total - step) / max(rate, 1e-9)
         logging.info("step %d/%d | %s | %.1f steps/s | ETA %s", step, total,
                      " ".join(f"{k} {scalars[k]:.4g}" for k in sorted(scalars)
-                              if k not in ("steps_per_second", "nonfinite")),
+                              if k not in ("steps_per_second", "nonfinite") and "/" not in k),
                      rate, time.strftime("%H:%M:%S", time.gmtime(eta)))
       if config.train.eval_every and step % config.train.eval_every == 0 and step < total:
-        report = _evaluate_and_log(run, state, data, workdir, step, writer, progress, plots=False)
+        report = _evaluate_and_log(run, state, data, workdir, step, writer, progress, plots=False,
+                                   train_metrics=progress.last_metrics)
         progress.history.append([step, round(progress.train_seconds, 3),
                                  float(report["map_average_ties"][str(config.hash.bits)])])
         if _agree(plateaued(progress.history, config.train.get("stop_min_gain", 0.0),

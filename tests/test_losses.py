@@ -35,8 +35,8 @@ def _log_sigmoid(z):
 def ref_step_log_probs(actions, logits, group):
   """log pi(a_t | s_t) = sum over the t-th group of bits of log p(bit): [..., K] -> [..., T]."""
   per_bit = np.where(actions > 0.5, _log_sigmoid(logits), _log_sigmoid(-logits))
-  num_steps = per_bit.shape[-1] // group
-  return np.stack([per_bit[..., t * group:(t + 1) * group].sum(-1) for t in range(num_steps)], axis=-1)
+  num_groups = per_bit.shape[-1] // group
+  return np.stack([per_bit[..., t * group:(t + 1) * group].sum(-1) for t in range(num_groups)], axis=-1)
 
 
 def ref_batch_rewards(codes, pos, neg, group, alpha):
@@ -69,9 +69,9 @@ def ref_triplet_rewards(codes, anchors, positives, negatives, group, alpha):
 
 
 def ref_returns(rewards, gamma):
-  num_steps = rewards.shape[-1]
-  return np.stack([sum(gamma ** (k - t) * rewards[..., k] for k in range(t, num_steps))
-                   for t in range(num_steps)], axis=-1)
+  num_groups = rewards.shape[-1]
+  return np.stack([sum(gamma ** (k - t) * rewards[..., k] for k in range(t, num_groups))
+                   for t in range(num_groups)], axis=-1)
 
 
 def ref_leave_one_out(returns):
@@ -100,9 +100,9 @@ class RefPolicyGradient:
     if self.reward == "triplet":
       a, p, n = self.triplets  # the triplet's three images share its reward
       log_probs = log_probs[:, a] + log_probs[:, p] + log_probs[:, n]
-    m_count, _, num_steps = log_probs.shape
+    m_count, _, num_groups = log_probs.shape
     weighted = self.advantages * log_probs * self.valid[None, :, None]
-    return -weighted.sum() / max(m_count * num_steps * self.valid.sum(), 1.0)
+    return -weighted.sum() / max(m_count * num_groups * self.valid.sum(), 1.0)
 
   def metrics(self):
     num = max(self.rewards.shape[0] * self.valid.sum(), 1.0)

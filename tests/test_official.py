@@ -583,7 +583,7 @@ def test_load_pretrained_errors(pretrained_file, tmp_path):
     validation.validate(_vgg_config(str(tmp_path / "nope.safetensors")))
   validation.validate(_vgg_config(path))
   wrong_dim = _vgg_config(path, feature_dim=16)
-  with pytest.raises(errors.ConfigError, match="vgg19_bn.safetensors"):
+  with pytest.raises(errors.DataError, match="vgg19_bn.safetensors: not a torchvision vgg19_bn state dict"):
     models.load_pretrained(wrong_dim, *sentinel)
   not_vgg = _small_config()
   not_vgg.model.pretrained = path

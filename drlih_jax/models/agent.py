@@ -1,8 +1,8 @@
 """The RNN hashing agent (ALGORITHM.md items 2-4), written with `flax.linen.scan`.
 
 At step t the cell reads x_t = [W_v v ; e(a_{t-1})], the projected image feature and an embedding of
-the previous action group (e(a) = W_e (2a - 1), whose input is all zeros at t = 1), updates its hidden state h_t and emits
-the group's Bernoulli logits z_t = W_a h_t + c. The state s_t = (h_{t-1}, v) therefore sees the image and
+the previous action group (e(a) = W_e (2a - 1), whose input is all zeros at t = 1), updates its hidden state
+h_t and emits the group's Bernoulli logits z_t = W_a h_t + c. The state s_t = (h_{t-1}, v) therefore sees the image and
 every earlier decision. The initial hidden state is h_0 = tanh(W_0 v).
 
 Actions are drawn by comparing a uniform noise tensor with the probabilities: a = 1[u < sigmoid(z)].
@@ -73,7 +73,7 @@ class HashAgent(nn.Module):
   unroll: bool = False
 
   @property
-  def steps(self) -> int:
+  def num_groups(self) -> int:
     return self.bits // self.group
 
   @nn.compact
@@ -82,7 +82,7 @@ class HashAgent(nn.Module):
 
     Args:
       features: [N, D] image features.
-      noise: [T, N, g] uniform noise (0.5 everywhere for greedy decoding).
+      noise: [num_groups, N, g] uniform noise (0.5 everywhere for greedy decoding).
 
     Returns:
       actions: [N, K] float {0, 1}; logits: [N, K] float32, bit k of step t at column t * g + k.
@@ -104,15 +104,15 @@ class HashAgent(nn.Module):
     if self.unroll:
       step = AgentStep(**step_kwargs, name="step")
       outs = []
-      for t in range(self.steps):
+      for t in range(self.num_groups):
         carry, out = step(carry, noise[t], feature_input)
         outs.append(out)
       actions = jnp.stack([o[0] for o in outs])
       logits = jnp.stack([o[1] for o in outs])
     else:
       scanned = nn.scan(AgentStep, variable_broadcast="params", split_rngs={"params": False},
-                        in_axes=(0, nn.broadcast), out_axes=0, length=self.steps)
+                        in_axes=(0, nn.broadcast), out_axes=0, length=self.num_groups)
       _, (actions, logits) = scanned(**step_kwargs, name="step")(carry, noise, feature_input)
-    # [T, N, g] -> [N, T * g]
+    # [num_groups, N, g] -> [N, num_groups * g]
     to_codes = lambda x: jnp.transpose(x, (1, 0, 2)).reshape(n, self.bits)
     return to_codes(actions), to_codes(logits)

@@ -24,16 +24,16 @@ class HashingModel(nn.Module):
 
     Args:
       images: [B, H, W, C] float, normalised.
-      noise: [R, T, B, g] uniform noise per rollout (0.5 for a greedy rollout).
+      noise: [R, num_groups, B, g] uniform noise per rollout (0.5 for a greedy rollout).
       train: batch-norm/dropout mode of the backbone.
 
     Returns:
       actions, logits: [R, B, K].
     """
     features = self.backbone(images, train=train)
-    num_rollouts, steps, batch, group = noise.shape
+    num_rollouts, num_groups, batch, group = noise.shape
     tiled = jnp.tile(features, (num_rollouts, 1))  # Rollout-major: row r * B + i.
-    flat_noise = jnp.transpose(noise, (1, 0, 2, 3)).reshape(steps, num_rollouts * batch, group)
+    flat_noise = jnp.transpose(noise, (1, 0, 2, 3)).reshape(num_groups, num_rollouts * batch, group)
     actions, logits = self.agent(tiled, flat_noise)
     bits = actions.shape[-1]
     return actions.reshape(num_rollouts, batch, bits), logits.reshape(num_rollouts, batch, bits)
@@ -49,8 +49,8 @@ class HashingModel(nn.Module):
       actions [B, K] float {0, 1} and logits [B, K].
     """
     features = self.backbone(images, train=train)
-    num_steps = self.agent.bits // self.agent.group
-    noise = jnp.full((num_steps, features.shape[0], self.agent.group), 0.5, jnp.float32)
+    num_groups = self.agent.bits // self.agent.group
+    noise = jnp.full((num_groups, features.shape[0], self.agent.group), 0.5, jnp.float32)
     return self.agent(features, noise)
 
   def features(self, images):

@@ -83,14 +83,14 @@ def _detect_layout(keys, source: str) -> str:
   has_tv = any(k.startswith("classifier.") for k in keys)
   has_timm = any(k.startswith("pre_logits.") for k in keys)
   if has_tv and has_timm:
-    raise ValueError(
+    raise errors.DataError(
         f"{source}: has both torchvision ('classifier.*') and timm ('pre_logits.*') "
         "head keys; cannot tell the layout")
   if has_timm:
     return "timm"
   if has_tv:
     return "torchvision"
-  raise ValueError(
+  raise errors.DataError(
       f"{source}: no head keys found: expected 'classifier.0.weight' (torchvision) "
       f"or 'pre_logits.fc1.weight' (timm); first keys: {sorted(keys)[:8]}")
 
@@ -134,7 +134,7 @@ def convert_vgg19_bn_state_dict(
   if bad_shapes:
     problems.append("shape mismatches [" + "; ".join(bad_shapes) + "]")
   if problems:
-    raise ValueError(
+    raise errors.DataError(
         f"{source}: not a {layout} vgg19_bn state dict: " + "; ".join(problems))
 
   def get(k: str) -> np.ndarray:
@@ -242,4 +242,4 @@ def check_vgg19_bn_tree(
   if bad:
     problems.append("shape mismatches [" + "; ".join(bad) + "]")
   if problems:
-    raise ValueError("VGG19BN variables do not match the model: " + "; ".join(problems))
+    raise errors.DataError("VGG19BN variables do not match the model: " + "; ".join(problems))
