@@ -48,7 +48,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.backbone = "small_cnn"     # "small_cnn" | "resnet" | "vgg19_bn"
-  config.model.widths = (32, 64)          # small_cnn conv widths (one 3x3 conv + pool per width)
+  config.model.widths = (32, 64)          # small_cnn conv widths (one 3x3 conv + pool per width); resnet stages
+  config.model.blocks_per_stage = 2       # resnet: basic blocks per stage
   config.model.feature_dim = 128
   config.model.cell = "lstm"              # "lstm" | "gru" | "rnn" (tanh)
   config.model.hidden = 128

@@ -168,8 +168,8 @@ def objective_loss(actions: jax.Array, logits: jax.Array, *, pos_mask: jax.Array
   Returns:
     (loss, metrics dict of scalars, "loss" included).
   """
-  if config.objective not in ("drlih", "triplet", "official"):
-    raise ValueError(f"objective must be 'drlih', 'triplet' or 'official', got {config.objective!r}")
+  if config.objective not in OBJECTIVES:
+    raise ValueError(f"objective must be one of {OBJECTIVES}, got {config.objective!r}")
   rl_config = config.rl
   greedy_probs = jax.nn.sigmoid(logits[-1])
   triplet_loss = triplet_margin_loss(greedy_probs, *triplets, margin=rl_config.triplet_margin)

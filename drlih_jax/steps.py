@@ -21,8 +21,6 @@ from drlih_jax import losses
 from drlih_jax import resize as resize_lib
 from drlih_jax import triplets as triplets_lib
 
-OBJECTIVES = ("drlih", "triplet", "official")
-
 
 @flax.struct.dataclass
 class TrainState:

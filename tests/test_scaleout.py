@@ -181,6 +181,28 @@ def test_nonfinite_updates_are_skipped_then_stop(tmp_path, caplog):
   assert sum("update skipped" in r.getMessage() for r in caplog.records) == 3
 
 
+def test_nonfinite_batch_keeps_parameters_and_batch_statistics():
+  """Why the skip is hand-written rather than optax.apply_if_finite (which guards the optimiser update only):
+  a non-finite batch must not overwrite the batch-norm statistics either."""
+  config = test_train.small_config(**{"model.backbone": "resnet", "model.widths": (8,), "model.blocks_per_stage": 1})
+  data = protocols.load_retrieval_data(config.dataset)
+  run = run_lib.create_run(config, data)
+  state = run.initial_state
+  batch = steps_lib.draw_batch(jax.random.key(0), run.device_data(data), config)
+  finite, metrics = steps_lib.train_step(state, batch, jax.random.key(1), model=run.model, tx=run.tx, config=config)
+  assert float(metrics["nonfinite"]) == 0
+  moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+                                       finite.batch_stats, state.batch_stats))
+  assert max(moved) > 0  # a finite step does update the statistics
+  poisoned = dict(batch, image=batch["image"].at[0, 0, 0, 0].set(np.nan))
+  skipped, metrics = steps_lib.train_step(state, poisoned, jax.random.key(1), model=run.model, tx=run.tx,
+                                          config=config)
+  assert float(metrics["nonfinite"]) == 1 and int(skipped.step) == 1
+  for new, old in zip(jax.tree.leaves((skipped.params, skipped.batch_stats, skipped.opt_state)),
+                      jax.tree.leaves((state.params, state.batch_stats, state.opt_state))):
+    np.testing.assert_array_equal(np.asarray(new), np.asarray(old))
+
+
 def test_global_batch_rounds_up_to_the_device_count():
   cifar = configuration.load_file(os.path.join(REPO, "configs", "cifar.py"))  # 6 classes x 8 = 48
   assert [run_lib.global_batch_size(cifar, d) for d in (1, 4, 8, 16, 32, 64, 256)] == [48, 48, 48, 48, 64, 64,
