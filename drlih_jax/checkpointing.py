@@ -180,11 +180,7 @@ class Checkpoints:
     source = self.directory / str(step)
     target = self.directory / f"{step}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     if "://" in str(source):  # Object stores have no directories to rename: copy the objects, then delete.
-      for item in source.rglob("*"):
-        if item.is_file():
-          destination = target / item.relative_to(source)
-          destination.parent.mkdir(parents=True, exist_ok=True)
-          destination.write_bytes(item.read_bytes())
+      _copy_tree(source, target)
       source.rmtree()
     else:
       source.rename(target)
@@ -228,6 +224,16 @@ class Checkpoints:
           multihost_utils.sync_global_devices(f"drlih_moved_checkpoint_{candidate}")
         self._manager.reload()
     return None
+
+
+def _copy_tree(source: epath.Path, target: epath.Path) -> None:
+  """Copies every file below `source` to the same place below `target` (epath's rglob refuses gs://)."""
+  target.mkdir(parents=True, exist_ok=True)
+  for item in source.iterdir():
+    if item.is_dir():
+      _copy_tree(item, target / item.name)
+    else:
+      (target / item.name).write_bytes(item.read_bytes())
 
 
 def _all_processes_agree(ok: bool) -> bool:
