@@ -90,15 +90,16 @@ class _Progress:
   train_seconds: float = 0.0
   history: list = dataclasses.field(default_factory=list)  # [step, train_seconds, tie-aware mAP@all]
   stop_reason: str | None = None
-  last_metrics: dict | None = None  # the last logged training metrics (not checkpointed)
+  last_metrics: dict | None = None  # the last logged training metrics (in each report)
 
   @classmethod
   def from_meta(cls, meta: Mapping[str, Any]) -> "_Progress":
     return cls(train_seconds=float(meta.get("train_seconds", 0.0)), history=list(meta.get("history", [])),
-               stop_reason=meta.get("stop_reason"))
+               stop_reason=meta.get("stop_reason"), last_metrics=meta.get("last_metrics"))
 
   def meta(self) -> dict:
-    return {"train_seconds": self.train_seconds, "history": self.history, "stop_reason": self.stop_reason}
+    return {"train_seconds": self.train_seconds, "history": self.history, "stop_reason": self.stop_reason,
+            "last_metrics": self.last_metrics}
 
 
 def plateaued(history, min_gain: float, window: float) -> bool:
@@ -376,6 +377,8 @@ def evaluate_checkpoint(workdir, *, step: int | None = None, overrides: Mapping[
     return None
   name = run_record.report_name(restored.step, config, run_config)
   extra = {"train_seconds": round(float(restored.meta.get("train_seconds", 0.0)), 3)}
+  if restored.meta.get("last_metrics"):
+    extra["train_metrics"] = restored.meta["last_metrics"]
   return evaluate.write_report(workdir, name, restored.step, report, config, data, query_codes, db_codes,
                                extra=extra)
 
