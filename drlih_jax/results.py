@@ -5,9 +5,9 @@ machine), each with its runs and baselines, as JSON. This module turns them into
 several files (e.g. from several machines) into one RESULTS.md, which embeds the JSON it was rendered from:
 
     python -m drlih_jax.results RESULTS.md runs/h200/results_cifar10-2.json --results-md RESULTS.md \
-      --plots-dir docs/results_plots --extra-md bench/results_notes.md
+      --plots-dir docs/results_plots --extra-md docs/results_notes.md
     python -m drlih_jax.results RESULTS.md --results-md RESULTS.md --plots-dir docs/results_plots \
-      --extra-md bench/results_notes.md --check          # regenerates, compares byte for byte, writes nothing
+      --extra-md docs/results_notes.md --check          # regenerates, compares byte for byte, writes nothing
     python -m drlih_jax.results RESULTS.md --table 4:map_average_ties   # one table of the 4th setting
 
 Statistics (`paired`): per setting and code length, the per-seed difference drlih - triplet of separately
@@ -495,7 +495,7 @@ paper. Regenerate it, or check that it matches its JSON byte for byte, with:
 
 ```bash
 python -m drlih_jax.results RESULTS.md --results-md RESULTS.md --plots-dir docs/results_plots \\
-  --extra-md bench/results_notes.md --check
+  --extra-md docs/results_notes.md --check
 ```
 
 How to read the tables:

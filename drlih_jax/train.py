@@ -300,11 +300,14 @@ def _train_loop(run, state, step, data, workdir, checkpoints, writer, progress):
         scalars["steps_per_second"] = rate
         writer.scalars(step, scalars)
         progress.last_metrics = dict(scalars, step=step)
-        eta = (total - step) / max(rate, 1e-9)
-        logging.info("step %d/%d | %s | %.1f steps/s | ETA %s", step, total,
+        eta, bound = (total - step) / max(rate, 1e-9), ""
+        budget = 60.0 * (config.train.get("max_minutes") or 0.0)
+        if budget and budget - progress.train_seconds < eta:  # The time budget ends the run first.
+          eta, bound = max(budget - progress.train_seconds, 0.0), " (train.max_minutes)"
+        logging.info("step %d/%d | %s | %.1f steps/s | ETA %s%s", step, total,
                      " ".join(f"{k} {scalars[k]:.4g}" for k in sorted(scalars)
                               if k not in ("steps_per_second", "nonfinite") and "/" not in k),
-                     rate, time.strftime("%H:%M:%S", time.gmtime(eta)))
+                     rate, time.strftime("%H:%M:%S", time.gmtime(eta)), bound)
       if config.train.eval_every and step % config.train.eval_every == 0 and step < total:
         report = _evaluate_and_log(run, state, data, workdir, step, writer, progress, plots=False,
                                    train_metrics=progress.last_metrics)

@@ -205,7 +205,7 @@ def test_committed_results_md_is_its_own_regeneration():
   """RESULTS.md is exactly what drlih_jax.results renders from its embedded JSON and the notes."""
   argv = [os.path.join(REPO, "RESULTS.md"), "--results-md", os.path.join(REPO, "RESULTS.md"),
           "--plots-dir", os.path.join(REPO, "docs", "results_plots"),
-          "--extra-md", os.path.join(REPO, "bench", "results_notes.md"), "--check"]
+          "--extra-md", os.path.join(REPO, "docs", "results_notes.md"), "--check"]
   assert results.main(argv) == 0
   for setting in results.load_results([os.path.join(REPO, "RESULTS.md")]):
     for name in results.plot_names(setting):
@@ -214,17 +214,17 @@ def test_committed_results_md_is_its_own_regeneration():
 
 def test_published_files_hold_no_machine_local_paths():
   pattern = re.compile(r"(?<![\w.~-])/(?:work|home|root|tmp|Users|mnt|scratch)/")
-  for name in ("RESULTS.md", "README.md", "BENCHMARKS.md", os.path.join("bench", "results_notes.md")):
+  for name in ("RESULTS.md", "README.md", "BENCHMARKS.md", os.path.join("docs", "results_notes.md")):
     with open(os.path.join(REPO, name), encoding="utf-8") as f:
       found = pattern.findall(f.read())
     assert not found, (name, found)
 
 
 def test_notes_cite_only_numbers_that_the_rendered_tables_or_a_quoted_output_hold():
-  """Every measured number (3+ decimals) in bench/results_notes.md is in a table rendered from the JSON."""
+  """Every measured number (3+ decimals) in docs/results_notes.md is in a table rendered from the JSON."""
   with open(os.path.join(REPO, "RESULTS.md"), encoding="utf-8") as f:
     text = f.read()
-  with open(os.path.join(REPO, "bench", "results_notes.md"), encoding="utf-8") as f:
+  with open(os.path.join(REPO, "docs", "results_notes.md"), encoding="utf-8") as f:
     notes = f.read()
   rendered = text[:text.index(notes.splitlines()[0])]
   quoted = "\n".join(line for line in notes.splitlines() if line.startswith("# "))  # outputs in code blocks

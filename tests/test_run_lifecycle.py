@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -165,12 +166,16 @@ def test_plateau_rule(history, expected):
   assert train.plateaued(history, 0.0, 0.2) is False  # 0 turns the rule off
 
 
-def test_time_budget_ends_the_run(tmp_path):
+def test_time_budget_ends_the_run(tmp_path, caplog):
   config = _config(**{"train.steps": 100_000, "train.max_minutes": 1e-4, "train.log_every": 2})
-  state = train.train_and_evaluate(config, str(tmp_path))
+  with caplog.at_level(logging.INFO):
+    state = train.train_and_evaluate(config, str(tmp_path))
   with open(tmp_path / "DONE") as f:
     done = json.load(f)
   assert done["reason"] == "time" and done["step"] == int(state.step) == 2
+  # The progress line's ETA is the budget's, not the 100,000 steps'.
+  assert any(r.getMessage().startswith("step 2/100000 |") and r.getMessage().endswith(
+      "ETA 00:00:00 (train.max_minutes)") for r in caplog.records), [r.getMessage() for r in caplog.records]
 
 
 def test_cli_eval_reads_the_run_record_and_refuses_conflicts(tmp_path):
