@@ -98,4 +98,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.max_minutes = 0.0          # 0: no time budget
   config.train.stop_min_gain = 0.0        # 0: no stopping rule
   config.train.stop_window = 0.2          # the last fifth
+  config.train.stop_patience = 1          # evaluations in a row that must find the gain too small
   return config

@@ -7,6 +7,7 @@ Resume rules (training again in a workdir that holds `config.json`):
   split or the meaning of the code (`REFUSED_ON_RESUME`): `objective`, `seed`, `hash.*` (but
   `hash.eval_bits`), `model.*` (but `model.pretrained`, read only when a run starts), `dataset.*` (but the
   data's location, `LOCATION_KEYS`), `optim.*`.
+* Until the run's first checkpoint nothing is refused: a changed config replaces the record (logged).
 * Allowed, and logged: everything else, e.g. `train.steps` (to extend a run; the AdamW cosine schedule is
   then stretched over the new total), the log/eval/checkpoint frequencies, `rl.*`, `input.*`,
   `mesh_devices`, `hash.eval_bits`. `config.json` then records the new values.
@@ -93,8 +94,21 @@ def _describe(diffs: Mapping[str, tuple[Any, Any]], old: str, new: str) -> str:
   return "; ".join(f"{k}: {old} {a!r}, {new} {b!r}" for k, (a, b) in diffs.items())
 
 
+def has_checkpoint(workdir) -> bool:
+  """Whether `<workdir>/checkpoints` holds a step (`checkpointing.CHECKPOINT_DIR`/<step>): a run to protect.
+
+  A workdir whose run ended before its first checkpoint (the data failed to load, the first steps ran out
+  of memory, ...) holds a config.json and maybe a splits.json, but nothing that depends on them.
+  """
+  directory = path(workdir, "checkpoints")
+  return directory.exists() and any(child.name.isdigit() for child in directory.iterdir())
+
+
 def record_config_for_training(workdir, config, *, write: bool) -> None:
   """Writes `config.json`, or checks a resumed run against it and records the allowed changes.
+
+  A recorded config binds only once the run has saved a checkpoint: before that, a changed config replaces
+  it (with a warning naming the changes), so a run that failed early can be fixed and started again.
 
   Args:
     workdir: the run directory.
@@ -102,7 +116,8 @@ def record_config_for_training(workdir, config, *, write: bool) -> None:
     write: whether this process writes (process 0); every process checks.
 
   Raises:
-    RunRecordError: the config differs from the recorded one on refused keys (all of them named).
+    RunRecordError: the config differs from the recorded one on refused keys (all of them named) and the
+      run has a checkpoint.
   """
   file = path(workdir, CONFIG_FILE)
   current = configuration.flatten(config)
@@ -110,11 +125,14 @@ def record_config_for_training(workdir, config, *, write: bool) -> None:
     saved = _read_json(file)
     diffs = differences(saved, current)
     refused = {k: v for k, v in diffs.items() if refused_on_resume(k)}
-    if refused:
+    if refused and not has_checkpoint(workdir):
+      logging.warning("%s records a run that saved no checkpoint; this config replaces it (%s)", file,
+                      _describe(diffs, "was", "now"))
+    elif refused:
       raise errors.RunRecordError(
           f"the config differs from the run recorded in {file} on keys that may not change when a run resumes "
           f"({_describe(refused, 'recorded', 'now')}); use a new workdir or restore those values")
-    if diffs:
+    elif diffs:
       logging.warning("Resuming %s with changed keys: %s", workdir, _describe(diffs, "was", "now"))
   if write:
     write_json(file, current)
@@ -231,8 +249,18 @@ def check_splits(workdir, record: Mapping[str, Any]) -> bool:
 
 
 def record_splits(workdir, record: Mapping[str, Any], *, write: bool) -> None:
-  """Checks `splits.json` against `record`, or writes it (when `write`) if the workdir has none."""
-  if not check_splits(workdir, record) and write:
+  """Checks `splits.json` against `record`, or writes it (when `write`) if the workdir has none.
+
+  As with config.json, splits that no checkpoint was trained on are replaced (with a warning), not refused.
+  """
+  try:
+    recorded = check_splits(workdir, record)
+  except errors.SplitMismatchError as error:
+    if has_checkpoint(workdir):
+      raise
+    logging.warning("%s; no checkpoint was trained on the recorded splits: they are replaced", error)
+    recorded = False
+  if not recorded and write:
     write_json(path(workdir, SPLITS_FILE), dict(record))
 
 

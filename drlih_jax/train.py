@@ -102,23 +102,35 @@ class _Progress:
             "last_metrics": self.last_metrics}
 
 
-def plateaued(history, min_gain: float, window: float) -> bool:
-  """The stopping rule: the last evaluation gained less than `min_gain` over the last `window` of the run.
+def plateaued(history, min_gain: float, window: float, patience: int = 1) -> bool:
+  """The stopping rule: the last `patience` evaluations each gained less than `min_gain` over `window`.
 
   Args:
     history: [(step, train_seconds, value), ...] in step order.
     min_gain: the smallest gain that keeps training (0: the rule is off).
     window: the fraction of the run the gain is measured over (0.2: the last fifth).
+    patience: how many evaluations in a row must find the gain too small (1: the last one alone; 2 lets
+      one evaluation's noise, a dip at a peak learning rate, pass without ending the run).
 
   Returns:
-    True when there is an earlier evaluation at or before (1 - window) * the last step and the last value
-    exceeds the latest such one by less than `min_gain`.
+    True when, for each of the last `patience` evaluations, there is an earlier evaluation at or before
+    (1 - window) * its step and it exceeds the latest such one by less than `min_gain`.
   """
   if min_gain <= 0 or len(history) < 2:
     return False
-  step, _, value = history[-1]
-  earlier = [h for h in history[:-1] if h[0] <= (1.0 - window) * step]
-  return bool(earlier) and value - earlier[-1][2] < min_gain
+
+  def holds(upto: int) -> bool:
+    step, _, value = history[upto]
+    earlier = [h for h in history[:upto] if h[0] <= (1.0 - window) * step]
+    return bool(earlier) and value - earlier[-1][2] < min_gain
+
+  last = len(history) - 1
+  return patience <= len(history) and all(holds(last - k) for k in range(patience))
+
+
+def _plateaued(config, history) -> bool:
+  return plateaued(history, config.train.get("stop_min_gain", 0.0), config.train.get("stop_window", 0.2),
+                   config.train.get("stop_patience", 1))
 
 
 def _stop_reason(config, step: int, progress: _Progress) -> str | None:
@@ -128,8 +140,7 @@ def _stop_reason(config, step: int, progress: _Progress) -> str | None:
   max_minutes = config.train.get("max_minutes", 0)
   if max_minutes and progress.train_seconds >= 60.0 * max_minutes:
     return "time"
-  if progress.stop_reason == "plateau" and plateaued(progress.history, config.train.get("stop_min_gain", 0.0),
-                                                     config.train.get("stop_window", 0.2)):
+  if progress.stop_reason == "plateau" and _plateaued(config, progress.history):
     return "plateau"
   return None
 
@@ -313,8 +324,7 @@ def _train_loop(run, state, step, data, workdir, checkpoints, writer, progress):
                                    train_metrics=progress.last_metrics)
         progress.history.append([step, round(progress.train_seconds, 3),
                                  float(report["map_average_ties"][str(config.hash.bits)])])
-        if _agree(plateaued(progress.history, config.train.get("stop_min_gain", 0.0),
-                            config.train.get("stop_window", 0.2))):
+        if _agree(_plateaued(config, progress.history)):
           progress.stop_reason = reason = "plateau"
       if reason is None and step >= total:
         reason = "steps"

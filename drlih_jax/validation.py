@@ -38,6 +38,9 @@ def check_train_config(config) -> None:
     raise errors.ConfigError(f"train.stop_min_gain must be >= 0 (0: off), got {train.stop_min_gain!r}")
   if train.get("stop_min_gain", 0) > 0 and not train.eval_every:
     raise errors.ConfigError("train.stop_min_gain needs train.eval_every > 0 (the rule reads the evaluations)")
+  patience = train.get("stop_patience", 1)
+  if not isinstance(patience, int) or isinstance(patience, bool) or patience < 1:
+    raise errors.ConfigError(f"train.stop_patience must be an integer >= 1, got {patience!r}")
   if not 0.0 < train.get("stop_window", 0.2) < 1.0:
     raise errors.ConfigError(f"train.stop_window must lie in (0, 1), got {train.stop_window!r}")
 

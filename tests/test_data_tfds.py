@@ -205,3 +205,21 @@ def test_tfds_build_command_line_then_the_loader_reuses_it(tmp_path, preparation
   via_loader = protocols.load_retrieval_data(_config(root, data_dir, image_size=4))
   assert not preparations  # The command line's copy has the tree's fingerprint: reused as is.
   _assert_same(via_loader, protocols.load_retrieval_data(_config(root, None, image_size=4, loader="pillow")))
+
+
+def test_official_cifar10_without_network_is_one_actionable_error(monkeypatch):
+  """tfds' download error (after its retries) becomes a DataError naming the two ways out."""
+  import requests
+
+  def no_network(*args, **kwargs):
+    del args, kwargs
+    raise requests.exceptions.ConnectionError("Failed to resolve 'www.cs.toronto.edu'")
+
+  monkeypatch.setattr(tfds_io, "prepare", no_network)
+  values = {"data_dir": None, "num_workers": 1, "image_size": None, "on_bad_image": "error", "source": "tfds",
+            "name": "cifar10"}
+  from drlih_jax import errors
+  with pytest.raises(errors.DataError, match=r"^tfds could not download cifar10 into the tfds data dir "
+                     r"\(TFDS_DATA_DIR\) \(ConnectionError: Failed to resolve .*--config\.dataset\.data_dir.*"
+                     r"--config\.dataset\.source=folder --config\.dataset\.root=DIR$"):
+    tfds_sources.prepare_source(values)

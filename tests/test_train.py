@@ -160,6 +160,8 @@ def test_bad_config_values(tmp_path):
     train.train_and_evaluate(small_config(**{"dataset.name": "imagenet"}), str(tmp_path / "b"))
   with pytest.raises(errors.ConfigError, match=r"hash.eval_bits \[20\] must lie in 1..hash.bits=16"):
     train.train_and_evaluate(small_config(**{"hash.eval_bits": (8, 20)}), str(tmp_path / "c"))
+  with pytest.raises(errors.ConfigError, match=r"train.stop_patience must be an integer >= 1, got 0"):
+    train.train_and_evaluate(small_config(**{"train.stop_patience": 0}), str(tmp_path / "d"))
   assert not os.listdir(tmp_path)  # refused before anything was written
 
 

@@ -52,7 +52,14 @@ def prepare_source(values: dict[str, Any], processes: Optional[tfds_io.Processes
   data_dir, workers = values["data_dir"], int(values["num_workers"])
   config = decode_config.config_name(values["image_size"], values["on_bad_image"])
   if values["source"] == "tfds":
-    builder = tfds_io.prepare(lambda: tfds.builder("cifar10", data_dir=data_dir), processes=processes)
+    try:
+      builder = tfds_io.prepare(lambda: tfds.builder("cifar10", data_dir=data_dir), processes=processes)
+    except OSError as error:  # requests' ConnectionError and the like: the download, not a bug here
+      raise errors.DataError(
+          f"tfds could not download cifar10 into {data_dir or 'the tfds data dir (TFDS_DATA_DIR)'} "
+          f"({type(error).__name__}: {str(error)[:200]}). Without internet access, prepare it where there is "
+          "access and copy the data dir here (--config.dataset.data_dir), or read a CIFAR-10 class-folder "
+          "tree: --config.dataset.source=folder --config.dataset.root=DIR") from error
     return Source(builder, ("train", "test"), builder.info.features["label"].num_classes, np.int32)
   if values["source"] == "folder":
     tree = folder_tree.list_tree(values["root"])
