@@ -25,8 +25,10 @@ app.run(main.main, flags_parser=main.parse_flags)
 
 
 def _recorded_run(workdir, **overrides) -> None:
-  """A workdir holding config.json (and optionally a splits.json) as a digits run would write it."""
+  """A workdir holding config.json (and optionally a splits.json and a checkpoint step folder) of digits."""
   os.makedirs(workdir)
+  if overrides.get("checkpoint"):  # A run with a checkpoint: its record binds (the step is never read here).
+    os.makedirs(os.path.join(workdir, "checkpoints", "5"))
   config = configuration.load_file(DIGITS)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump(configuration.flatten(config), f)
@@ -38,8 +40,9 @@ def _recorded_run(workdir, **overrides) -> None:
 
 def test_bad_command_lines_fail_in_one_line(tmp_path):
   new = str(tmp_path / "new")  # must never be created
-  recorded = str(tmp_path / "recorded")
-  _recorded_run(recorded, splits=True)
+  recorded, unrun = str(tmp_path / "recorded"), str(tmp_path / "unrun")
+  _recorded_run(recorded, splits=True, checkpoint=True)
+  _recorded_run(unrun, splits=True)
   weights = tmp_path / "vgg.safetensors"
   weights.write_bytes(b"not read: the missing package is reported first")
   # name | exit status | arguments ({train_new}: train with digits into a new workdir) | the stderr line has
@@ -59,9 +62,10 @@ def test_bad_command_lines_fail_in_one_line(tmp_path):
   refused resume key | 1 | {train_recorded} --config.hash.bits=16 --config.hash.eval_bits=(8,) | hash.bits: recorded 32
   split mismatch | 1 | {train_recorded} --config.dataset.loader=pillow | the recomputed 'train' split differs
   eval override | 1 | --workdir={recorded} --mode=eval --config.model.hidden=8 | --config.model.hidden cannot change
-  eval without checkpoint | 1 | --workdir={recorded} --mode=eval | error: no checkpoint found in
+  eval without checkpoint | 1 | --workdir={unrun} --mode=eval | error: no checkpoint found in
   """
-  values = dict(train_new=f"--config={DIGITS} --workdir={new}", new=new, recorded=recorded, digits=DIGITS,
+  values = dict(train_new=f"--config={DIGITS} --workdir={new}", new=new, recorded=recorded, unrun=unrun,
+                digits=DIGITS,
                 train_recorded=f"--config={DIGITS} --workdir={recorded}", tmp=tmp_path)
   cases = {}
   for row in filter(None, (line.strip() for line in table.splitlines())):
@@ -93,4 +97,6 @@ def test_bad_command_lines_fail_in_one_line(tmp_path):
       problems.append(f"{name}: status {proc.returncode} (want {status}), stderr {err[-1500:]!r}")
   assert not problems, "\n".join(problems)
   assert not os.path.exists(new)
-  assert sorted(os.listdir(recorded)) == ["config.json", "splits.json"]
+  assert sorted(os.listdir(recorded)) == ["checkpoints", "config.json", "splits.json"]
+  assert os.listdir(os.path.join(recorded, "checkpoints")) == ["5"]
+  assert sorted(os.listdir(unrun)) == ["config.json", "splits.json"]

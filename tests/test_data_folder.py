@@ -138,9 +138,13 @@ def test_splits_json_resume_check(tmp_path):
   with pytest.raises(errors.SplitMismatchError, match=r"splits\.json records seed 0 but this run has 1"):
     run_record.check_splits(str(tmp_path), dict(record, seed=1))
   changed = dict(record, ids={"train": [1, 2], "query": [3], "database": [4, 6]})
+  (tmp_path / "checkpoints" / "7").mkdir(parents=True)  # A checkpoint was trained on the recorded splits.
   with pytest.raises(errors.SplitMismatchError,
                      match=r"splits\.json: the recomputed 'database' split differs .*first difference at position 1"):
     run_record.record_splits(str(tmp_path), changed, write=True)
+  (tmp_path / "checkpoints" / "7").rmdir()  # None was: the new splits replace the record.
+  run_record.record_splits(str(tmp_path), changed, write=True)
+  assert run_record.check_splits(str(tmp_path), changed)
 
 
 def test_tfds_builder_matches_pillow_bitwise(tmp_path_factory, tmp_path):
