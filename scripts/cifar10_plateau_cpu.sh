@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Issue 16 on 2 CPU cores: cifar10-2, 32 bits, drlih and triplet, seeds 0-2, each run trained until it stops
 # improving (configs/cifar10_resnet.py "plateau": the 32-bit tie-aware mAP@all gains < 0.005 over the last
-# fifth of the steps) or for 60 minutes of training, whichever comes first.
+# fifth of the steps, at two evaluations in a row) or for 60 minutes of training, whichever comes first.
 #
-#   SEEDS="0 1 2" bash bench/cifar10_plateau_cpu.sh          # trains (resumes) the runs, then collects
-#   COLLECT_ONLY=1 bash bench/cifar10_plateau_cpu.sh         # only the results of the finished runs
+#   SEEDS="0 1 2" bash scripts/cifar10_plateau_cpu.sh        # trains (resumes) the runs, then collects
+#   COLLECT_ONLY=1 COLLECT_SEEDS=0 bash scripts/cifar10_plateau_cpu.sh   # only the results of finished runs
 #
 # Each seed's drlih and triplet runs train side by side, one core each (taskset), single-threaded XLA, at
 # low priority (nice): both objectives see the same conditions. The workdirs are exactly those of
@@ -12,7 +12,8 @@
 # runs (their DONE files), evaluates the LSH/ITQ baselines on each run's own feature, and writes
 # runs/c102_plateau/results_cifar10-2.json and RESULTS.md. A run stopped midway (SIGTERM, or `touch
 # runs/c102_plateau/STOP` to stop after the current seed) resumes from its checkpoint when this script is
-# started again; train_seconds counts training time only, across sessions.
+# started again; train_seconds (what the 60 minutes count) is the time of the training sessions, their
+# evaluations included, summed over sessions: the time between sessions does not count.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=runs/c102_plateau
@@ -48,5 +49,7 @@ if [ -z "${COLLECT_ONLY:-}" ]; then
 fi
 # Collect: finished runs are read, not trained again (a run without DONE would be trained here, serially;
 # --seeds names only the seeds whose runs have ended).
+SEEDS_DONE=${COLLECT_SEEDS:-0,1,2}
 "${PY}" -m drlih_jax.experiments --config="${CONFIG}" --config.dataset.root="${ROOT}" --bits=32 \
-  --objectives=drlih,triplet --seeds="${COLLECT_SEEDS:-0,1,2}" --out="${OUT}"
+  --objectives=drlih,triplet --seeds="${SEEDS_DONE}" --out="${OUT}" \
+  --label="CPU, until the stopping rule: cifar10-2, 32 bits, seeds ${SEEDS_DONE} (tiny ResNet 16-32-64, batch 100, at most 60 min)"
