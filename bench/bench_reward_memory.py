@@ -98,14 +98,12 @@ def max_difference(rollouts, batch, bits, group, alpha, seed=0):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--batches", default="256,512,1024,2048", help="comma-separated batch sizes B")
-  parser.add_argument("--rollouts", type=int, default=4, help="R, the sampled rollouts passed in")
-  parser.add_argument("--bits", type=int, default=64, help="K")
-  parser.add_argument("--group", type=int, default=4, help="g")
-  parser.add_argument("--classes", type=int, default=10, help="classes of the masks (timing only)")
-  parser.add_argument("--old-max-batch", type=int, default=2048,
-                      help="compile the old formulation only up to this B")
+  for flag, default, meaning in (("--rollouts", 4, "R, the sampled rollouts passed in"), ("--bits", 64, "K"),
+                                 ("--group", 4, "g"), ("--classes", 10, "classes of the masks (timing only)"),
+                                 ("--old-max-batch", 2048, "compile the old formulation only up to this B"),
+                                 ("--repeats", 5, "timing repeats")):
+    parser.add_argument(flag, type=int, default=default, help=meaning)
   parser.add_argument("--time", action="store_true", help="time the reward instead of its memory")
-  parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--check", action="store_true",
                       help="compare the two formulations' values (alpha 0.3, 0.5, 1) instead")
   args = parser.parse_args()
