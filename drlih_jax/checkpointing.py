@@ -28,8 +28,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from drlih_jax import errors
+from drlih_jax import run_record
 
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = run_record.CHECKPOINT_DIR
 _ITEMS = ("model", "opt", "meta")
 
 

@@ -46,7 +46,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import shlex
 import sys
 import tarfile
@@ -171,14 +170,12 @@ def status(spec: RunSpec, config) -> tuple[str, dict]:
 def learning_curve(workdir: str, bits: int) -> list[dict]:
   """Every `eval_<step>.json` of the run (its own evaluation options): step, training seconds, mAP@all."""
   points = []
-  for path in epath.Path(workdir).glob("eval_*.json"):
-    match = re.fullmatch(r"eval_(\d+)\.json", path.name)
-    if match:
-      report = json.loads(path.read_text())
-      points.append({"step": int(match.group(1)), "train_seconds": report.get("train_seconds"),
-                     "map_trained": report["map"].get(str(bits)),
-                     "map_average_ties_trained": report["map_average_ties"].get(str(bits))})
-  return sorted(points, key=lambda p: p["step"])
+  for step, path in run_record.own_reports(workdir):
+    report = json.loads(path.read_text())
+    points.append({"step": step, "train_seconds": report.get("train_seconds"),
+                   "map_trained": report["map"].get(str(bits)),
+                   "map_average_ties_trained": report["map_average_ties"].get(str(bits))})
+  return points
 
 
 def metrics_of(report: dict) -> dict:
@@ -188,7 +185,7 @@ def metrics_of(report: dict) -> dict:
 
 def run_entry(spec: RunSpec, report: dict, report_name: str, wall_s: float | None) -> dict:
   """A finished run's entry of the results JSON."""
-  end = json.loads(run_record.path(spec.workdir, run_record.DONE_FILE).read_text())
+  end = run_record.read_done(spec.workdir)
   return {"name": spec.name, "objective": spec.objective, "bits": spec.bits, "seed": spec.seed,
           "eval_bits": sorted(int(b) for b in report["map"]), "separate": spec.separate,
           "prefix_source": spec.prefix_source, "steps": end["step"], "end": end, "wall_s": wall_s,
@@ -210,7 +207,7 @@ def train_or_read(spec: RunSpec, config, data, reevaluate: bool) -> tuple[dict, 
     if not run_record.path(spec.workdir, run_record.DONE_FILE).exists():
       raise KeyboardInterrupt(f"{spec.name} was stopped before the end of training (checkpoint saved)")
     state, diffs, action = "done", {}, "trained"
-  end = json.loads(run_record.path(spec.workdir, run_record.DONE_FILE).read_text())
+  end = run_record.read_done(spec.workdir)
   recorded = run_record.read_config(spec.workdir)
   eval_overrides = {k: value_text(now) for k, (_, now) in diffs.items()}
   eval_overrides.update({k: value_text(v) for k, v in configuration.flatten(config).items()

@@ -9,6 +9,7 @@ several files (e.g. from several machines) into one RESULTS.md, which embeds the
     python -m drlih_jax.results RESULTS.md --results-md RESULTS.md --plots-dir docs/results_plots \
       --extra-md docs/results_notes.md --check          # regenerates, compares byte for byte, writes nothing
     python -m drlih_jax.results RESULTS.md --table 4:map_average_ties   # one table of the 4th setting
+    python -m drlih_jax.results RESULTS.md more_seeds.json --drop "<title of the superseded section>" ...
 
 Statistics (`paired`): per setting and code length, the per-seed difference drlih - triplet of separately
 trained models of the same seed; mean and sample sd (numpy, ddof 1); the two-sided exact sign test on the
@@ -617,6 +618,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--plots-dir", default=None, help="where plots go (none without it)")
   parser.add_argument("--extra-md", default=None, help="markdown appended after the sections")
   parser.add_argument("--check", action="store_true", help="compare with --results-md byte for byte; write nothing")
+  parser.add_argument("--drop", action="append", default=[], metavar="TITLE",
+                      help="leave out the setting with this section title (e.g. one superseded by the same "
+                           "runs with more seeds); repeatable")
   parser.add_argument("--table", default=None, metavar="N:METRIC",
                       help=f"print one table of the N-th setting (1-based); METRIC in {[m for m, _ in METRICS]}")
   args = parser.parse_args(argv)
@@ -625,6 +629,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
+  titles = [setting_title(s) for s in settings]
+  unknown = [title for title in args.drop if title not in titles]
+  if unknown:
+    print(f"error: --drop {unknown[0]!r} names no setting; the section titles are {titles}", file=sys.stderr)
+    return 1
+  settings = [s for s, title in zip(settings, titles) if title not in args.drop]
   if args.table:
     index, _, metric = args.table.partition(":")
     print(table_text(settings[int(index) - 1], metric))

@@ -21,6 +21,7 @@ must agree with the record on every refused key. Overrides may change only the e
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Mapping
 
 from absl import logging
@@ -33,6 +34,7 @@ from drlih_jax import errors
 CONFIG_FILE = "config.json"
 SPLITS_FILE = "splits.json"
 DONE_FILE = "DONE"
+CHECKPOINT_DIR = "checkpoints"  # orbax's steps, <workdir>/checkpoints/<step> (`checkpointing`)
 
 LOCATION_KEYS = ("dataset.root", "dataset.list_dir", "dataset.data_dir", "dataset.loader", "dataset.num_workers")
 # Evaluation options that a report depends on (its file name says when they differ from the run's).
@@ -95,16 +97,16 @@ def _describe(diffs: Mapping[str, tuple[Any, Any]], old: str, new: str) -> str:
 
 
 def has_checkpoint(workdir) -> bool:
-  """Whether `<workdir>/checkpoints` holds a step (`checkpointing.CHECKPOINT_DIR`/<step>): a run to protect.
+  """Whether `<workdir>/checkpoints` holds a step (`CHECKPOINT_DIR`/<step>): a run to protect.
 
   A workdir whose run ended before its first checkpoint (the data failed to load, the first steps ran out
   of memory, ...) holds a config.json and maybe a splits.json, but nothing that depends on them.
   """
-  directory = path(workdir, "checkpoints")
+  directory = path(workdir, CHECKPOINT_DIR)
   return directory.exists() and any(child.name.isdigit() for child in directory.iterdir())
 
 
-def record_config_for_training(workdir, config, *, write: bool) -> None:
+def record_config_for_training(workdir, config, *, write: bool) -> dict[str, tuple[Any, Any]]:
   """Writes `config.json`, or checks a resumed run against it and records the allowed changes.
 
   A recorded config binds only once the run has saved a checkpoint: before that, a changed config replaces
@@ -115,12 +117,16 @@ def record_config_for_training(workdir, config, *, write: bool) -> None:
     config: the run's ConfigDict.
     write: whether this process writes (process 0); every process checks.
 
+  Returns:
+    {key: (recorded, now)} of the keys that changed ({} for a new run).
+
   Raises:
     RunRecordError: the config differs from the recorded one on refused keys (all of them named) and the
       run has a checkpoint.
   """
   file = path(workdir, CONFIG_FILE)
   current = configuration.flatten(config)
+  diffs = {}
   if file.exists():
     saved = _read_json(file)
     diffs = differences(saved, current)
@@ -136,6 +142,7 @@ def record_config_for_training(workdir, config, *, write: bool) -> None:
       logging.warning("Resuming %s with changed keys: %s", workdir, _describe(diffs, "was", "now"))
   if write:
     write_json(file, current)
+  return diffs
 
 
 def read_config(workdir):
@@ -186,6 +193,19 @@ def config_for_evaluation(workdir, overrides: Mapping[str, str], config_file=Non
         f"--config.{not_eval[0]} cannot change when evaluating a recorded run (recorded {saved[not_eval[0]]!r}); "
         f"only the evaluation options {', '.join(EVAL_OPTIONS)} may be overridden")
   return config, recorded
+
+
+def own_reports(workdir) -> list[tuple[int, epath.Path]]:
+  """[(step, path)] of the run's `eval_<step>.json` under its own evaluation options, in step order.
+
+  Reports made under other options (`eval_<step>.<options>.json`, see `report_name`) are left out.
+  """
+  found = []
+  for file in epath.Path(workdir).glob("eval_*.json"):
+    match = re.fullmatch(r"eval_(\d+)\.json", file.name)
+    if match:
+      found.append((int(match.group(1)), file))
+  return sorted(found, key=lambda item: item[0])
 
 
 def report_name(step: int, config, run_config) -> str:
@@ -270,6 +290,12 @@ def record_splits(workdir, record: Mapping[str, Any], *, write: bool) -> None:
 
 def write_done(workdir, step: int, reason: str, train_seconds: float) -> None:
   write_json(path(workdir, DONE_FILE), {"step": int(step), "reason": reason, "train_seconds": float(train_seconds)})
+
+
+def read_done(workdir) -> dict[str, Any] | None:
+  """The DONE record ({"step", "reason", "train_seconds"}) of a run whose training has ended, else None."""
+  file = path(workdir, DONE_FILE)
+  return _read_json(file) if file.exists() else None
 
 
 def clear_done(workdir) -> None:

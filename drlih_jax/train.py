@@ -9,7 +9,8 @@ Training ends at `train.steps`, or earlier by its time budget (`train.max_minute
 session of the run) or its stopping rule (`train.stop_min_gain`: at an evaluation at step s, the tie-aware
 mAP@all of the full code gained less than that since the last evaluation at or before
 (1 - `train.stop_window`) * s). A finished run writes `<workdir>/DONE` (step, reason); rerunning the same
-command then does not train further unless the reason no longer holds (e.g. `train.steps` was raised).
+command then does not train further unless the reason no longer holds (e.g. `train.steps` was raised),
+and does not evaluate again while its final report stands (its evaluation options unchanged).
 SIGTERM/SIGINT save a checkpoint at the current step and return; with several processes they agree on that
 step through JAX's preemption sync point.
 """
@@ -204,18 +205,49 @@ def _load_data(config, data):
   return data, run_record.splits_record(values, data)
 
 
-def _evaluate_and_log(run, state, data, workdir, step, writer, progress, plots, train_metrics=None):
-  """Evaluates `state`, writes eval_<step>.json (with the training time and the last logged training metrics)."""
-  report, query_codes, db_codes = run.evaluate(state, data)
+def _evaluate_and_log(run, state, data, workdir, step, writer, progress, plots, train_metrics=None,
+                      evaluation=None):
+  """Evaluates `state`, writes eval_<step>.json (with the training time and the last logged training metrics).
+
+  Args:
+    run, state, data, workdir, step, writer, progress: the run and where it stands.
+    plots: also write the report's plots and retrieval grid.
+    train_metrics: the last logged training metrics, recorded in the report.
+    evaluation: (report, query codes, database codes) already computed for this state at this step (the
+      loop's evaluation at the step the run ended on); the report is written again (with plots) from it
+      instead of evaluating twice.
+
+  Returns:
+    (report, query codes, database codes).
+  """
+  computed = evaluation is None
+  report, query_codes, db_codes = run.evaluate(state, data) if computed else evaluation
   if jax.process_index() == 0:
     extra = {"train_seconds": round(progress.train_seconds, 3)}
     if train_metrics:
       extra["train_metrics"] = train_metrics
     evaluate.write_report(workdir, f"eval_{step}", step, report, run.config, data, query_codes, db_codes,
                           plots=plots, extra=extra)
-  writer.scalars(step, {f"map/{bits}_bits": v for bits, v in report["map"].items()})
-  writer.scalars(step, {f"map_tie_aware/{bits}_bits": v for bits, v in report["map_average_ties"].items()})
-  return report
+  if computed:
+    writer.scalars(step, {f"map/{bits}_bits": v for bits, v in report["map"].items()})
+    writer.scalars(step, {f"map_tie_aware/{bits}_bits": v for bits, v in report["map_average_ties"].items()})
+  return report, query_codes, db_codes
+
+
+def _already_reported(workdir, step: int, reason: str, config_changes) -> epath.Path | None:
+  """The final report of a run that had ended at `step` before this session, if nothing asks to redo it.
+
+  A finished run started again is not evaluated again when its DONE record names this step and reason,
+  its `eval_<step>.json` exists and no option that shapes the report (`run_record.REPORT_OPTIONS`)
+  changed; otherwise (e.g. new `hash.eval_bits`, or a run stopped between its last checkpoint and its
+  report) the final evaluation runs.
+  """
+  done = run_record.read_done(workdir)
+  report = run_record.path(workdir, f"eval_{step}.json")
+  if (done and done.get("step") == step and done.get("reason") == reason and report.exists()
+      and not any(key in config_changes for key in run_record.REPORT_OPTIONS)):
+    return report
+  return None
 
 
 def train_and_evaluate(config, workdir, data=None):
@@ -240,7 +272,7 @@ def train_and_evaluate(config, workdir, data=None):
   writes = jax.process_index() == 0
   if writes:
     run_record.check_writable(workdir)
-  run_record.record_config_for_training(workdir, config, write=writes)
+  config_changes = run_record.record_config_for_training(workdir, config, write=writes)
   data, splits = _load_data(config, data)
   run_record.record_splits(workdir, splits, write=writes)
   run = run_lib.create_run(config, data)
@@ -253,15 +285,21 @@ def train_and_evaluate(config, workdir, data=None):
     state, progress = restored.state, _Progress.from_meta(restored.meta)
     logging.info("Resumed from checkpoint step %d in %s (%.0f s of training so far)", restored.step, workdir,
                  progress.train_seconds)
-  step = int(jax.device_get(state.step))
+  step = start_step = int(jax.device_get(state.step))
   writer = summary.MetricWriter(workdir)
   try:
-    state, step, reason = _train_loop(run, state, step, data, workdir, checkpoints, writer, progress)
+    state, step, reason, evaluated = _train_loop(run, state, step, data, workdir, checkpoints, writer, progress)
     checkpoints.wait()
     if reason is None:  # Stopped by a signal: the checkpoint is saved, nothing more.
       return state
+    if step == start_step:
+      report = _already_reported(workdir, step, reason, config_changes)
+      if _agree(report is not None):
+        logging.info("Its report is %s; nothing to do (delete it to evaluate again)", report)
+        return state
     _evaluate_and_log(run, state, data, workdir, step, writer, progress, plots=True,
-                      train_metrics=progress.last_metrics)
+                      train_metrics=progress.last_metrics,
+                      evaluation=evaluated[1] if evaluated and evaluated[0] == step else None)
     if writes:
       run_record.write_done(workdir, step, reason, progress.train_seconds)
     logging.info("Training ended at step %d (%s) after %.0f s of training", step, reason,
@@ -273,7 +311,12 @@ def train_and_evaluate(config, workdir, data=None):
 
 
 def _train_loop(run, state, step, data, workdir, checkpoints, writer, progress):
-  """Runs steps until an end or a signal; returns (state, step, end reason or None for a signal)."""
+  """Runs steps until an end or a signal.
+
+  Returns:
+    (state, step, end reason or None for a signal, (step, evaluation) of the last evaluation in the loop
+    or None).
+  """
   config = run.config
   total = config.train.steps
   reason = _stop_reason(config, step, progress)
@@ -281,7 +324,7 @@ def _train_loop(run, state, step, data, workdir, checkpoints, writer, progress):
     run_record.clear_done(workdir)
   if reason is not None:
     logging.info("The run in %s has already ended at step %d (%s); nothing to train", workdir, step, reason)
-    return state, step, reason
+    return state, step, reason, None
   next_step = _input_feed(run, data, step)
   logging.info("Training %s for %d steps on %d device(s), batch %d, %d training images", config.objective,
                total, run.mesh.size, run.batch_size, len(data.train))
@@ -289,6 +332,7 @@ def _train_loop(run, state, step, data, workdir, checkpoints, writer, progress):
   session_start, seconds_before = time.perf_counter(), progress.train_seconds
   timer_start, timer_step = session_start, step
   saved_step = step
+  evaluated = None
 
   def save(at_step):
     nonlocal saved_step
@@ -320,8 +364,9 @@ def _train_loop(run, state, step, data, workdir, checkpoints, writer, progress):
                               if k not in ("steps_per_second", "nonfinite") and "/" not in k),
                      rate, time.strftime("%H:%M:%S", time.gmtime(eta)), bound)
       if config.train.eval_every and step % config.train.eval_every == 0 and step < total:
-        report = _evaluate_and_log(run, state, data, workdir, step, writer, progress, plots=False,
-                                   train_metrics=progress.last_metrics)
+        evaluation = _evaluate_and_log(run, state, data, workdir, step, writer, progress, plots=False,
+                                       train_metrics=progress.last_metrics)
+        evaluated, report = (step, evaluation), evaluation[0]
         progress.history.append([step, round(progress.train_seconds, 3),
                                  float(report["map_average_ties"][str(config.hash.bits)])])
         if _agree(_plateaued(config, progress.history)):
@@ -340,9 +385,9 @@ def _train_loop(run, state, step, data, workdir, checkpoints, writer, progress):
                         stop.signal or "(on another process)", step)
         if saved_step != step:
           save(step)
-        return state, step, None
+        return state, step, None, evaluated
     guard.check(step + 1, None)
-  return state, step, reason
+  return state, step, reason, evaluated
 
 
 def _open_recorded_run(workdir, overrides, config, step, data):

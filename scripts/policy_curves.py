@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from typing import Sequence
 
 from etils import epath
+
+from drlih_jax import run_record
 
 _GROUP_KEYS = ("group_reward", "group_advantage_std", "group_entropy")
 
@@ -27,25 +28,21 @@ def run_curve(workdir: str) -> dict:
   """{"run", "done", "points": [...]} of one run directory."""
   root = epath.Path(workdir)
   points = []
-  for path in root.glob("eval_*.json"):
-    match = re.fullmatch(r"eval_(\d+)\.json", path.name)
-    if not match:
-      continue
+  for step, path in run_record.own_reports(root):
     report = json.loads(path.read_text())
     bits = str(report["bits"])
     metrics = report.get("train_metrics") or {}
     groups = {key: {t.split("/")[1]: v for t, v in metrics.items() if t.startswith(key + "/")}
               for key in _GROUP_KEYS}
     points.append({
-        "step": int(match.group(1)), "train_seconds": report.get("train_seconds"),
+        "step": step, "train_seconds": report.get("train_seconds"),
         "map_average_ties": report["map_average_ties"][bits],
         "distinct_codes": {b: u["distinct"] for b, u in report["code_usage"].items()},
         "mean_tie_group": {b: u["mean_tie_group"] for b, u in report["code_usage"].items()},
         "entropy": metrics.get("entropy"), "advantage_std": metrics.get("advantage_std"),
         **{key: groups[key] or None for key in _GROUP_KEYS}})
-  done = root / "DONE"
-  return {"run": root.name, "done": json.loads(done.read_text()) if done.exists() else None,
-          "points": sorted(points, key=lambda p: p["step"])}
+  return {"run": root.name, "done": run_record.read_done(root),
+          "points": points}
 
 
 def _cell(value, fmt: str = "{:.3f}") -> str:

@@ -194,6 +194,12 @@ def test_merge_reads_json_and_markdown(tmp_path):
   assert results.main([str(md_a), "--results-md", str(merged), "--check"]) == 1  # It holds A and B.
   (tmp_path / "bad.json").write_text(json.dumps({"format": "other", "settings": []}))
   assert results.main([str(tmp_path / "bad.json"), "--results-md", str(merged)]) == 1
+  # A superseded setting is dropped by its title; a title that names none is an error, nothing written.
+  only_b = tmp_path / "only_b.md"
+  assert results.main([str(merged), "--drop", "machine A", "--results-md", str(only_b)]) == 0
+  assert results.load_results([only_b]) == [second]
+  assert results.main([str(merged), "--drop", "machine C", "--results-md", str(tmp_path / "c.md")]) == 1
+  assert not (tmp_path / "c.md").exists()
 
 
 def test_a_stored_table_regenerates_byte_identically(capsys):

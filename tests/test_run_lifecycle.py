@@ -152,14 +152,62 @@ def test_extending_train_steps_continues_from_the_last_step(tmp_path, caplog):
     assert json.load(f)["train.steps"] == 15
 
 
-def test_finished_run_is_not_trained_again(tmp_path, caplog):
+def _count_evaluations(monkeypatch) -> list[int]:
+  """Counts `Run.evaluate` calls (one list entry per call) from now on."""
+  calls, evaluate = [], run_lib.Run.evaluate
+
+  def counting(self, state, data):
+    calls.append(int(jax.device_get(state.step)))
+    return evaluate(self, state, data)
+
+  monkeypatch.setattr(run_lib.Run, "evaluate", counting)
+  return calls
+
+
+def test_finished_run_is_not_trained_or_evaluated_again(tmp_path, caplog, monkeypatch):
   config = _config(**{"train.steps": 10})
   train.train_and_evaluate(config, str(tmp_path))
+  report = tmp_path / "eval_10.json"
+  before = _tree_digest(tmp_path), report.stat().st_mtime_ns
+  calls = _count_evaluations(monkeypatch)
   with caplog.at_level("INFO"):
     state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 10
   assert any("has already ended at step 10 (steps)" in r.getMessage() for r in caplog.records)
+  assert any(f"Its report is {report}; nothing to do" in r.getMessage() for r in caplog.records)
+  assert calls == []
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10"]
+  after = _tree_digest(tmp_path)
+  assert {k: v for k, v in after.items() if "tensorboard" not in k} == {
+      k: v for k, v in before[0].items() if "tensorboard" not in k}
+  assert report.stat().st_mtime_ns == before[1]
+  # A changed report option evaluates the finished run again, under the new option.
+  state = train.train_and_evaluate(_config(**{"train.steps": 10, "hash.eval_bits": (4,)}), str(tmp_path))
+  assert calls == [10]
+  with open(report) as f:
+    assert sorted(json.load(f)["map"]) == ["16", "4"]  # the full code is always evaluated
+  # So does a deleted report.
+  report.unlink()
+  train.train_and_evaluate(_config(**{"train.steps": 10, "hash.eval_bits": (4,)}), str(tmp_path))
+  assert calls == [10, 10] and report.exists()
+
+
+def test_a_run_ending_at_an_evaluation_is_evaluated_once(tmp_path, monkeypatch):
+  """The plateau fires at the step-10 evaluation; the final report (with plots) reuses its codes."""
+  calls = _count_evaluations(monkeypatch)
+  config = _config(**{"train.steps": 1000, "train.eval_every": 5, "train.stop_min_gain": 10.0,
+                      "train.checkpoint_every": 100})
+  train.train_and_evaluate(config, str(tmp_path))
+  assert calls == [5, 10]
+  with open(tmp_path / "eval_10.json") as f:
+    final = json.load(f)
+  assert (tmp_path / "eval_10").is_dir() and not (tmp_path / "eval_5").exists()  # plots of the final one
+  # The reused codes give the report a fresh evaluation of the checkpoint gives.
+  path = train.evaluate_checkpoint(str(tmp_path), step=10)
+  assert calls == [5, 10, 10]
+  with open(path) as f:
+    again = json.load(f)
+  assert final["map"] == again["map"] and final["map_average_ties"] == again["map_average_ties"]
 
 
 def test_stopping_rule_ends_the_run_and_is_remembered(tmp_path, caplog):
