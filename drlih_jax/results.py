@@ -32,6 +32,7 @@ import json
 import os
 import re
 import sys
+import textwrap
 from typing import Iterable, Sequence
 
 from etils import epath
@@ -306,6 +307,11 @@ def slug(text: str) -> str:
   return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()[:80]
 
 
+def _wrapped(title: str, width: int = 70) -> str:
+  """A plot title in lines of at most `width` characters (a section title is often wider than the plot)."""
+  return "\n".join(textwrap.wrap(title, width))
+
+
 def setting_title(setting: dict) -> str:
   if setting.get("label"):
     return setting["label"]
@@ -339,7 +345,7 @@ def write_plots(setting: dict, plots_dir: str) -> list[str]:
   ax.set_xticks(sorted({L for r in rows.values() for L in r.get("map", {})}))
   ax.set_xlabel("code length (bits)")
   ax.set_ylabel("mAP@all")
-  ax.set_title(setting_title(setting), fontsize=9)
+  ax.set_title(_wrapped(setting_title(setting)), fontsize=9)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
   paths.append(reports.save_figure(fig, str(epath.Path(plots_dir) / names[0])))
@@ -352,7 +358,7 @@ def write_plots(setting: dict, plots_dir: str) -> list[str]:
     new = any(p.get("train_seconds") is not None for r in setting["runs"] for p in r.get("curve", []))
     ax.set_xlabel("training seconds (summed over sessions)" if new else "wall time since the run started (s)")
     ax.set_ylabel("mAP@all (tie-aware) at the trained length")
-    ax.set_title(f"learning curves: {setting_title(setting)}", fontsize=9)
+    ax.set_title(_wrapped(f"learning curves: {setting_title(setting)}"), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
     paths.append(reports.save_figure(fig, str(epath.Path(plots_dir) / names[1])))
